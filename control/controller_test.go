@@ -53,9 +53,9 @@ type plant struct {
 	auxKW    float64
 	demand   []float64 // per group, kW wanted when uncapped
 	draw     []float64
-	lag      int       // cycles before a cap takes effect
+	lag      int // cycles before a cap takes effect
 	pending  [][]float64
-	ignore   []bool    // group ignores its cap (a broken actuator)
+	ignore   []bool // group ignores its cap (a broken actuator)
 	freq     float64
 	islanded bool
 	capacity float64
