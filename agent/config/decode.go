@@ -34,15 +34,24 @@ func Decode(file string, data []byte, v any) (probs *Problems) {
 		// a problem with the file's handling instead.
 		if r := recover(); r != nil {
 			probs.AddAt(0, "", "internal error while reading this file (%v); please report it", r)
+			probs.unreadable = true
+		}
+		probs.decoded = map[string]bool{}
+		for _, pr := range probs.list {
+			if pr.Key != "" {
+				probs.decoded[pr.Key] = true
+			}
 		}
 	}()
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
 		probs.AddAt(0, "", "internal error: Decode needs a pointer to a struct, not %T", v)
+		probs.unreadable = true
 		return probs
 	}
 	root := parseTree(data, probs)
 	if root == nil {
+		probs.unreadable = true
 		return probs
 	}
 	d := decoder{probs}

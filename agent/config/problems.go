@@ -43,9 +43,11 @@ func (p Problem) String() string {
 // to it with Addf, naming the key path; the line is looked up from the
 // document.
 type Problems struct {
-	file  string
-	lines map[string]int // key path -> line where it is defined
-	list  []Problem
+	file       string
+	lines      map[string]int // key path -> line where it is defined
+	list       []Problem
+	decoded    map[string]bool // keys Decode reported: owners' checks would only echo them
+	unreadable bool            // Decode could not read the document at all
 }
 
 // NewProblems starts an empty collector for file. lines maps key paths to
@@ -80,9 +82,23 @@ func (p *Problems) Has(key string) bool {
 
 // Addf records a problem with key. Write the message for the engineer who
 // will fix the file: what is wrong and what to change.
+//
+// A problem on a key that Decode already reported, or on a key inside it, is
+// dropped: the owner's check sees the value Decode could not fill (an
+// out-of-range unit_id reads as absent) and would only echo the cause.
 func (p *Problems) Addf(key, format string, args ...any) {
+	for k := key; k != ""; k = Parent(k) {
+		if p.decoded[k] {
+			return
+		}
+	}
 	p.list = append(p.list, Problem{File: p.file, Line: p.Line(key), Key: key, Msg: fmt.Sprintf(format, args...)})
 }
+
+// Syntax reports whether Decode could not read the document at all (a
+// syntax error, or a file too large or deeply nested to check): nothing was
+// filled, so further checks would only add noise.
+func (p *Problems) Syntax() bool { return p.unreadable }
 
 // AddAt records a problem at an explicit line (parse errors).
 func (p *Problems) AddAt(line int, key, format string, args ...any) {
