@@ -149,7 +149,7 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 	if cfg.MQTT != nil {
 		c, err := mqtt.New(*cfg.MQTT, cfg.Site.ID, a.log.With("part", "mqtt"))
 		if err != nil {
-			return nil, fmt.Errorf("mqtt: %w", err)
+			return nil, err
 		}
 		a.mqtt = c
 	}
@@ -319,13 +319,14 @@ func (a *Agent) cycle(now time.Time, woken bool) {
 	}
 }
 
+// logFindings logs each controller input that became unusable or usable
+// again this cycle (rare: it may allocate).
 func (a *Agent) logFindings() {
-	findings := a.checker.Findings(a.snap)
-	if len(findings) == 0 {
-		a.log.Info("all controller inputs usable again")
-		return
-	}
-	for _, f := range findings {
+	for _, f := range a.checker.Changes(a.snap) {
+		if f.Verdict == safety.Usable {
+			a.log.Info("controller input usable again", "point", f.Source.Name)
+			continue
+		}
 		a.log.Warn("controller input unusable; treated as its worst case", "point", f.Source.Name, "verdict", f.Verdict.String(),
 			"quality", f.Point.Quality.String(), "reason", f.Point.Reason.String(), "age", f.Point.Age(time.Now()).Round(time.Millisecond))
 	}

@@ -36,9 +36,9 @@ func (c *SiteConfig) Summarize(w io.Writer) error {
 		ep, err := modbus.NewEndpoint(ec, point.NewStore(), quiet)
 		plan := "?"
 		if err == nil {
-			plan = ep.Plan()
+			plan = strings.TrimPrefix(ep.Plan(), ec.Name+": ")
 		}
-		fmt.Fprintf(w, "  modbus %-10s %s unit %d, every %s: %d points; %s\n", ec.Name, ec.URL, *ec.UnitID, ec.PollPeriod, len(ec.Points), plan)
+		fmt.Fprintf(w, "  modbus %-10s %s unit %d, every %s: %s; %s\n", ec.Name, ec.URL, *ec.UnitID, ec.PollPeriod, plural(len(ec.Points), "point"), plan)
 	}
 
 	lim := c.ControlLimits()
@@ -93,4 +93,11 @@ func (c *SiteConfig) Summarize(w io.Writer) error {
 		fmt.Fprintf(w, "http: %s (/status, /metrics, /healthz)\n", c.HTTP.Listen)
 	}
 	return nil
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -3,6 +3,7 @@ package control
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -43,6 +44,8 @@ func BenchmarkStep(b *testing.B) {
 	now := t0
 	in.BreakerOK, in.ImportOK, in.SiteLoadOK, in.IslandCapacityOK, in.CurtailOK, in.FrequencyOK = true, true, true, true, true, true
 	b.ReportAllocs()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		now = now.Add(cycle)
@@ -56,5 +59,8 @@ func BenchmarkStep(b *testing.B) {
 		in.SiteLoadKW = load
 		c.Step(st, in, now, out)
 	}
-	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "us/step")
+	b.StopTimer()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/1e3/float64(b.N), "controller_step_us")
+	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(b.N), "controller_step_allocs")
 }

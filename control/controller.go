@@ -307,15 +307,14 @@ func (c *Controller) trackInputs(st *State, in *Inputs, out *Plan) {
 	if !in.BreakerOK {
 		u |= UnknownBreaker
 	}
-	if in.Islanded {
-		if !in.SiteLoadOK {
-			u |= UnknownSiteLoad
-		}
-		if !in.IslandCapacityOK {
-			u |= UnknownIslandCapacity
-		}
-	} else if !in.ImportOK {
+	if !in.ImportOK {
 		u |= UnknownImport
+	}
+	if !in.SiteLoadOK {
+		u |= UnknownSiteLoad
+	}
+	if !in.IslandCapacityOK {
+		u |= UnknownIslandCapacity
 	}
 	if !in.CurtailOK {
 		u |= UnknownCurtail
@@ -445,7 +444,8 @@ func (c *Controller) bindingHeadroom(st *State, in *Inputs, now time.Time, dt ti
 		consider(ConstraintIsland, in.IslandCapacityKW-lim.IslandReserveKW, in.SiteLoadKW)
 	}
 	measuredBinding := out.Binding
-	if out.Unknown&(UnknownImport|UnknownSiteLoad) != 0 {
+	// Blind: the meter that the binding budget needs is unknown.
+	if (!in.Islanded && out.Unknown&UnknownImport != 0) || (in.Islanded && out.Unknown&UnknownSiteLoad != 0) {
 		// Blind: count only the controllable load, against the fail-safe cap.
 		var groups float64
 		for g := range out.Groups {

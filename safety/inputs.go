@@ -61,7 +61,8 @@ type Checker struct {
 	m        InputMap
 	watched  []Source
 	verdicts []Verdict
-	changed  bool
+	changed  []bool
+	any      bool
 }
 
 // NewChecker prepares a checker for the map.
@@ -87,6 +88,7 @@ func NewChecker(m InputMap) *Checker {
 		add(s)
 	}
 	c.verdicts = make([]Verdict, len(c.watched))
+	c.changed = make([]bool, len(c.watched))
 	return c
 }
 
@@ -117,7 +119,7 @@ func (c *Checker) Fill(snap []point.Point, now time.Time, in *control.Inputs) {
 	for i, s := range c.watched {
 		v := judge(s, snap[s.ID], now)
 		if v != c.verdicts[i] {
-			c.changed = true
+			c.changed[i], c.any = true, true
 			c.verdicts[i] = v
 		}
 	}
@@ -165,12 +167,22 @@ func (c *Checker) Fill(snap []point.Point, now time.Time, in *control.Inputs) {
 	}
 }
 
-// Changed reports (once) whether any watched point's verdict changed since
-// the last call, so the agent logs transitions rather than every cycle.
-func (c *Checker) Changed() bool {
-	ch := c.changed
-	c.changed = false
-	return ch
+// Changed reports whether any watched point's verdict changed since the
+// last call to Changes, so the agent logs transitions, not every cycle.
+func (c *Checker) Changed() bool { return c.any }
+
+// Changes lists the points whose verdict changed since the last call, with
+// their new verdict (Usable when a point came back), and resets the list.
+func (c *Checker) Changes(snap []point.Point) []Finding {
+	var out []Finding
+	for i, s := range c.watched {
+		if c.changed[i] {
+			out = append(out, Finding{Source: s, Verdict: c.verdicts[i], Point: snap[s.ID]})
+			c.changed[i] = false
+		}
+	}
+	c.any = false
+	return out
 }
 
 // Findings lists the watched points that are not usable, with why.

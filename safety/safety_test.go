@@ -108,8 +108,17 @@ func TestWorstCases(t *testing.T) {
 			t.Errorf("%s: verdict %v, want %v", k, found[k], v)
 		}
 	}
-	if !c.Changed() || c.Changed() {
-		t.Error("Changed must report a transition once")
+	if !c.Changed() {
+		t.Fatal("Changed must report the transitions")
+	}
+	if ch := c.Changes(fx.store.Snapshot(nil)); len(ch) != 4 || c.Changed() {
+		t.Errorf("Changes must list the four transitions once, got %d", len(ch))
+	}
+	fx.healthy()
+	c.Fill(fx.store.Snapshot(nil), now, in)
+	ch := c.Changes(fx.store.Snapshot(nil))
+	if len(ch) != 4 || ch[0].Verdict != Usable {
+		t.Errorf("recovery must be reported as four changes back to usable, got %+v", ch)
 	}
 }
 

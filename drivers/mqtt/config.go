@@ -19,7 +19,9 @@ type Config struct {
 	// TopicRoot prefixes every topic: <root>/<site>/...; "siteagent" unless set.
 	TopicRoot string `toml:"topic_root"`
 	// Username and PasswordFile authenticate to the broker; the password is
-	// read from a file (or a systemd credential), never written inline.
+	// read from a file (or a systemd credential), never written inline. A
+	// bare file name (no '/') is looked up in $CREDENTIALS_DIRECTORY when
+	// systemd sets it (LoadCredential=); trailing newlines are ignored.
 	Username     string `toml:"username"`
 	PasswordFile string `toml:"password_file"`
 	// TelemetryPeriod between two point batches; 1s unless set.
