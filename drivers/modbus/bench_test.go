@@ -67,7 +67,7 @@ func BenchmarkRegistersPerSecond(b *testing.B) {
 		}
 	}
 	sec := b.Elapsed().Seconds()
-	b.ReportMetric(float64(benchRegisters*b.N)/sec, "registers/s")
+	b.ReportMetric(float64(benchRegisters*b.N)/sec, "modbus_registers_per_s")
 	b.ReportMetric(float64(len(pts)*b.N)/sec, "points/s")
 	b.ReportMetric(float64(len(e.reqs)), "requests/op")
 	snap := store.Snapshot(nil)
