@@ -48,7 +48,8 @@ type Agent struct {
 	ctrl *control.Controller
 
 	store     *point.Store
-	endpoints []*modbus.Endpoint
+	sources   []source
+	endpoints []*modbus.Endpoint // the Modbus ones, for their counters
 	checker   *safety.Checker
 	clamp     *safety.Clamp
 	disp      *Dispatcher
@@ -90,21 +91,17 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 	a.ctrl = ctrl
 	a.st, a.in, a.plan = ctrl.NewState(), ctrl.NewInputs(), ctrl.NewPlan()
 
-	byName := map[string]*modbus.Endpoint{}
-	polls := map[string]time.Duration{}
-	for _, ec := range cfg.Modbus {
-		ep, err := modbus.NewEndpoint(ec, a.store, a.log.With("source", ec.Name))
-		if err != nil {
-			return nil, fmt.Errorf("modbus source %s: %w", ec.Name, err)
-		}
-		a.endpoints = append(a.endpoints, ep)
-		byName[ec.Name] = ep
-		for _, pc := range ec.Points {
-			polls[ec.Name+"."+pc.Name] = ec.PollPeriod
+	built, err := cfg.buildSources(a.store, a.log)
+	if err != nil {
+		return nil, err
+	}
+	a.sources = built.all
+	for _, s := range built.all {
+		if ep, ok := s.(*modbus.Endpoint); ok {
+			a.endpoints = append(a.endpoints, ep)
 		}
 	}
-
-	metas := cfg.pointMetas()
+	defined := cfg.points()
 	src := func(name string) safety.Source {
 		if name == "" {
 			return safety.Source{ID: point.None}
@@ -113,8 +110,8 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 		if !ok {
 			return safety.Source{ID: point.None, Name: name}
 		}
-		m := metas[name]
-		m.StaleAfter = staleAfter(m, polls[name])
+		m := defined[name].meta
+		m.StaleAfter = staleAfter(m, defined[name].period)
 		return safety.Source{ID: id, Name: name, Meta: m}
 	}
 	in := &cfg.Site.Inputs
@@ -131,15 +128,11 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 	var targets []DispatchTarget
 	for i, g := range cfg.Groups {
 		m.Groups = append(m.Groups, src(g.PowerKW))
-		t := DispatchTarget{Name: g.Name, Kind: a.lim.Groups[i].Kind}
-		if g.Modbus != nil {
-			act, err := modbus.NewActuator(*g.Modbus, byName[g.Modbus.Endpoint], actuator.Kind(t.Kind), g.Units)
-			if err != nil {
-				return nil, fmt.Errorf("group %s: %w", g.Name, err)
-			}
-			t.Actuator = act
+		act, err := buildActuator(&cfg.Groups[i], a.lim.Groups[i].Kind, built)
+		if err != nil {
+			return nil, fmt.Errorf("group %s: %w", g.Name, err)
 		}
-		targets = append(targets, t)
+		targets = append(targets, DispatchTarget{Name: g.Name, Kind: a.lim.Groups[i].Kind, Actuator: act})
 	}
 	a.checker = safety.NewChecker(m)
 	a.clamp = safety.NewClamp(&a.lim)
@@ -159,14 +152,6 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 	return a, nil
 }
 
-// pointMetas maps every defined point to its meta.
-func (c *SiteConfig) pointMetas() map[string]point.Meta {
-	out := map[string]point.Meta{}
-	for name, info := range c.points() {
-		out[name] = info.meta
-	}
-	return out
-}
 
 // Store exposes the point store (status pages, tests).
 func (a *Agent) Store() *point.Store { return a.store }
@@ -182,13 +167,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, ep := range a.endpoints {
 		a.log.Info("modbus request plan", "source", ep.Name(), "plan", ep.Plan())
+	}
+	for _, src := range a.sources {
 		wg.Add(1)
-		go func(ep *modbus.Endpoint) {
+		go func(src source) {
 			defer wg.Done()
-			if err := ep.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				a.log.Error("source stopped", "source", ep.Name(), "err", err)
+			if err := src.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				a.log.Error("source stopped", "source", src.Name(), "err", err)
 			}
-		}(ep)
+		}(src)
 	}
 	if a.mqtt != nil {
 		if err := a.mqtt.Start(ctx); err != nil {
@@ -247,9 +234,9 @@ func (a *Agent) notify(state string) {
 func (a *Agent) waitReady(ctx context.Context) {
 	deadline := time.NewTimer(a.opt.ReadyTimeout)
 	defer deadline.Stop()
-	for _, ep := range a.endpoints {
+	for _, src := range a.sources {
 		select {
-		case <-ep.Ready():
+		case <-src.Ready():
 		case <-deadline.C:
 			a.log.Warn("sources not all polled before the ready timeout; starting anyway (unknown inputs are treated as their worst case)", "timeout", a.opt.ReadyTimeout)
 			return

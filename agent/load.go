@@ -12,7 +12,6 @@ import (
 	"github.com/siteagent/siteagent/agent/config"
 	"github.com/siteagent/siteagent/agent/point"
 	"github.com/siteagent/siteagent/control"
-	"github.com/siteagent/siteagent/drivers/actuator"
 )
 
 // Defaults the site file may leave out.
@@ -84,21 +83,6 @@ func (c *SiteConfig) applyDefaults() {
 	}
 }
 
-// pointInfo is what validation knows of a point defined by some source.
-type pointInfo struct {
-	meta       point.Meta
-	pollPeriod time.Duration
-}
-
-func (c *SiteConfig) points() map[string]pointInfo {
-	out := map[string]pointInfo{}
-	for _, ep := range c.Modbus {
-		for _, pt := range ep.Points {
-			out[ep.Name+"."+pt.Name] = pointInfo{meta: pt.Meta, pollPeriod: ep.PollPeriod}
-		}
-	}
-	return out
-}
 
 func (c *SiteConfig) validate(p *config.Problems) {
 	if !siteIDPattern.MatchString(c.Site.ID) {
@@ -108,15 +92,7 @@ func (c *SiteConfig) validate(p *config.Problems) {
 		p.Addf("site.cycle_period", "%s is outside 10ms..10s; 100ms suits most sites", c.Site.CyclePeriod)
 	}
 
-	endpoints := map[string]bool{}
-	for i := range c.Modbus {
-		path := config.Index("modbus", i)
-		c.Modbus[i].Validate(p, path)
-		if endpoints[c.Modbus[i].Name] {
-			p.Addf(config.Join(path, "name"), "source %q is defined twice; give each [[modbus]] endpoint its own name", c.Modbus[i].Name)
-		}
-		endpoints[c.Modbus[i].Name] = true
-	}
+	sources := c.validateSources(p)
 	if c.MQTT != nil {
 		c.MQTT.Validate(p, "mqtt")
 	}
@@ -127,7 +103,7 @@ func (c *SiteConfig) validate(p *config.Problems) {
 	pts := c.points()
 	c.validateInputs(p, pts)
 	c.validateLimits(p)
-	groups := c.validateGroups(p, pts, endpoints)
+	groups := c.validateGroups(p, pts, sources)
 	c.validateStages(p, groups)
 }
 
@@ -238,7 +214,7 @@ func (c *SiteConfig) validateLimits(p *config.Problems) {
 	}
 }
 
-func (c *SiteConfig) validateGroups(p *config.Problems, pts map[string]pointInfo, endpoints map[string]bool) map[string]int {
+func (c *SiteConfig) validateGroups(p *config.Problems, pts map[string]pointInfo, sources map[string]bool) map[string]int {
 	names := map[string]int{}
 	var ceilings float64
 	for i := range c.Groups {
@@ -287,16 +263,8 @@ func (c *SiteConfig) validateGroups(p *config.Problems, pts map[string]pointInfo
 		if g.PowerKW != "" {
 			checkPoint(p, pts, key("power_kw"), g.PowerKW, "kW")
 		}
-		switch {
-		case g.Modbus == nil:
-			p.Addf(path, "group %q has no actuator: add a [groups.modbus] table that says which coils or register move it", g.Name)
-		default:
-			if !endpoints[g.Modbus.Endpoint] {
-				p.Addf(key("modbus.endpoint"), "no [[modbus]] endpoint is named %q", g.Modbus.Endpoint)
-			}
-			if ok {
-				g.Modbus.Validate(p, key("modbus"), actuator.Kind(kind), g.Units)
-			}
+		if ok {
+			validateActuator(p, path, g, kind, sources)
 		}
 		ceilings += *g.CeilingKW
 	}

@@ -14,8 +14,10 @@ type Kind uint8
 
 const (
 	// Shed groups switch whole units on and off (ASIC miners, container
-	// feeders). Units are ordered: unit i runs when i < UnitsOn, so the last
-	// unit in the order is the first shed and the last restored.
+	// feeders). The command says how many units run; which ones is the
+	// driver's choice, made deterministically: a Modbus group runs units
+	// 0..UnitsOn-1 (the last is the first shed), a miner fleet follows its
+	// configured shed order.
 	Shed Kind = iota + 1
 	// Throttle groups take a continuous power cap (GPU power limits, miner
 	// power targets).
@@ -36,8 +38,7 @@ func (k Kind) String() string {
 type Command struct {
 	Group string
 	Kind  Kind
-	// UnitsOn (shed groups): how many units, counted from the start of the
-	// group's order, should run.
+	// UnitsOn (shed groups): how many units should run.
 	UnitsOn int
 	// CapKW (throttle groups): the group's total power cap.
 	CapKW float64
