@@ -152,7 +152,6 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 	return a, nil
 }
 
-
 // Store exposes the point store (status pages, tests).
 func (a *Agent) Store() *point.Store { return a.store }
 

@@ -83,7 +83,6 @@ func (c *SiteConfig) applyDefaults() {
 	}
 }
 
-
 func (c *SiteConfig) validate(p *config.Problems) {
 	if !siteIDPattern.MatchString(c.Site.ID) {
 		p.Addf("site.id", "%q is not a usable site id: use letters, digits, '-' and '_' (it becomes part of MQTT topics)", c.Site.ID)
