@@ -264,7 +264,7 @@ func (c *Controller) Step(st *State, in *Inputs, now time.Time, out *Plan) {
 	switch {
 	case headroom < -eps:
 		c.cut(st, in, -headroom+lim.RestoreMarginKW/2, out)
-	case headroom > lim.RestoreMarginKW+eps && !freeze:
+	case headroom > lim.RestoreMarginKW+eps && !freeze && !in.HoldRestores:
 		c.restore(st, in, now, dt, headroom-lim.RestoreMarginKW/2, out)
 	}
 	// Report the load the plan expects once devices follow it.
@@ -594,6 +594,8 @@ func (c *Controller) finish(st *State, in *Inputs, now time.Time, freeze bool, o
 			gp.Reason = ReasonStage
 		case freeze:
 			gp.Reason = ReasonFrozen
+		case in.HoldRestores && gp.MaxKW > gs.CapKW+eps:
+			gp.Reason = ReasonHeld
 		case gs.CapKW <= c.floor(g)+eps:
 			gp.Reason = ReasonFloor
 		default:

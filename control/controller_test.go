@@ -363,3 +363,21 @@ func TestNewRejectsBadLimits(t *testing.T) {
 		t.Fatal("want an error for floor above ceiling and inverted stage thresholds")
 	}
 }
+
+func TestHoldRestoresKeepsCutsAndStopsRestores(t *testing.T) {
+	p := newPlant(t, demoLimits())
+	p.run(time.Second)
+	p.freq = 59.75
+	p.step()
+	p.freq = 60
+	p.in.HoldRestores = true
+	p.run(40 * time.Second)
+	if p.out.Groups[0].UnitsOn != 0 || p.out.Groups[0].Reason != ReasonHeld {
+		t.Fatalf("restores must wait while held: units %d reason %s", p.out.Groups[0].UnitsOn, p.out.Groups[0].Reason)
+	}
+	p.in.HoldRestores = false
+	p.run(40 * time.Second)
+	if p.out.Groups[0].UnitsOn != 2000 {
+		t.Fatalf("restores must resume once the hold is lifted: units %d", p.out.Groups[0].UnitsOn)
+	}
+}

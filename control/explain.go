@@ -30,6 +30,8 @@ func (c *Controller) Why(p *Plan, g int) string {
 			return fmt.Sprintf("restoring at %g units/s, now %s", grp.WakeUnitsPerS, c.position(p, g))
 		}
 		return fmt.Sprintf("restoring at %g kW/s, now %s", grp.RampUpKWPerS, c.position(p, g))
+	case ReasonHeld:
+		return fmt.Sprintf("held at %s: central ops asked to hold restores", c.position(p, g))
 	case ReasonFrozen:
 		return fmt.Sprintf("held at %s: restores are frozen while inputs are unknown (%s)", c.position(p, g), strings.Join(p.Unknown.Names(), ", "))
 	}

@@ -128,6 +128,9 @@ type Inputs struct {
 	// When CurtailOK is false the last good target is kept.
 	CurtailTargetKW float64
 	CurtailOK       bool
+	// HoldRestores: central ops asked the site to hold every restore (cuts
+	// still apply). The controller reports groups held so as ReasonHeld.
+	HoldRestores bool
 	// Groups is indexed like Limits.Groups.
 	Groups []GroupInput
 }
@@ -280,9 +283,11 @@ const (
 	ReasonRamping
 	// ReasonFrozen: restores frozen while the controller is fail-safe.
 	ReasonFrozen
+	// ReasonHeld: restores held on request (Inputs.HoldRestores).
+	ReasonHeld
 )
 
-var reasonNames = [...]string{"free", "budget", "stage", "floor", "holdoff", "ramping", "frozen"}
+var reasonNames = [...]string{"free", "budget", "stage", "floor", "holdoff", "ramping", "frozen", "held"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
