@@ -101,7 +101,7 @@ func (d *Dispatcher) Submit(p *control.Plan) {
 			continue
 		}
 		gp := &p.Groups[i]
-		cmd := actuator.Command{Group: w.target.Name, Kind: actuator.Kind(w.target.Kind), UnitsOn: gp.UnitsOn, CapKW: gp.CapKW}
+		cmd := actuator.Command{Group: w.target.Name, Kind: w.target.Kind, UnitsOn: gp.UnitsOn, CapKW: gp.CapKW}
 		w.mu.Lock()
 		if w.sent && sameTarget(w.status.Wanted, cmd) {
 			w.mu.Unlock()

@@ -5,7 +5,6 @@ import (
 	"math"
 	"os"
 	"regexp"
-	"sort"
 	"strings"
 	"time"
 
@@ -131,37 +130,10 @@ func suggestPoint(pts map[string]pointInfo, name string) string {
 	for n := range pts {
 		names = append(names, n)
 	}
-	sort.Strings(names)
-	best, bestD := "", 4
-	for _, n := range names {
-		if d := editDistance(n, name); d < bestD {
-			best, bestD = n, d
-		}
-	}
-	if best != "" {
+	if best := config.Closest(name, names, 3); best != "" {
 		return fmt.Sprintf("did you mean %q?", best)
 	}
 	return "points are named \"<source>.<point>\", e.g. \"pcc.frequency_hz\""
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 func (c *SiteConfig) validateInputs(p *config.Problems, pts map[string]pointInfo) {

@@ -10,27 +10,19 @@ package control
 import (
 	"fmt"
 	"time"
+
+	"github.com/siteagent/siteagent/drivers/actuator"
 )
 
-// Kind is how a load group moves.
-type Kind uint8
+// Kind is how a load group moves: Shed (whole units) or Throttle (a
+// continuous cap). It is the actuators' own type, so plans reach the
+// drivers without translation.
+type Kind = actuator.Kind
 
 const (
-	// Shed groups switch whole units (ASIC miners, container feeders).
-	Shed Kind = iota + 1
-	// Throttle groups take a continuous cap (GPU power limits).
-	Throttle
+	Shed     = actuator.Shed
+	Throttle = actuator.Throttle
 )
-
-func (k Kind) String() string {
-	switch k {
-	case Shed:
-		return "shed"
-	case Throttle:
-		return "throttle"
-	}
-	return fmt.Sprintf("kind(%d)", uint8(k))
-}
 
 // Group is one load group's limits.
 type Group struct {
