@@ -25,6 +25,14 @@ func validateActuator(p *config.Problems, path string, g *GroupSection, kind con
 		}
 		g.Modbus.Validate(p, key("modbus"), actuator.Kind(kind), g.Units)
 	}
+	if g.GPUNodes != nil {
+		n++
+		validateGPUNodes(p, key("gpu_nodes"), g, kind)
+	}
+	if g.Miners != nil {
+		n++
+		validateMinerFleet(p, key("miners"), g, kind) // miners.go
+	}
 	switch {
 	case n == 0:
 		p.Addf(path, "group %q has no actuator: add a [groups.modbus] table that says which coils or register move it", g.Name)
@@ -42,6 +50,18 @@ func buildActuator(g *GroupSection, kind control.Kind, src *builtSources) (actua
 			return nil, fmt.Errorf("group %s: no modbus endpoint %q", g.Name, g.Modbus.Endpoint)
 		}
 		return modbus.NewActuator(*g.Modbus, ep, actuator.Kind(kind), g.Units)
+	case g.GPUNodes != nil:
+		f, ok := src.gpufleets[g.Name]
+		if !ok {
+			return nil, fmt.Errorf("group %s: no GPU fleet was built", g.Name)
+		}
+		return f, nil
+	case g.Miners != nil:
+		f, ok := src.miners[g.Name]
+		if !ok {
+			return nil, fmt.Errorf("group %s: no miner fleet was built", g.Name)
+		}
+		return f, nil
 	}
 	return nil, fmt.Errorf("group %s: no actuator", g.Name)
 }

@@ -54,6 +54,7 @@ type Agent struct {
 	clamp     *safety.Clamp
 	disp      *Dispatcher
 	mqtt      *mqtt.Client
+	ops       *opsLink // MQTT formats, commands, capacity (ops.go)
 	ring      *recordRing
 	metrics   *metrics
 
@@ -91,8 +92,16 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 	a.ctrl = ctrl
 	a.st, a.in, a.plan = ctrl.NewState(), ctrl.NewInputs(), ctrl.NewPlan()
 
+	// The MQTT client comes first: GPU fleets (sources and actuators)
+	// talk to their nodes through it.
+	if err := a.buildMQTT(); err != nil {
+		return nil, err
+	}
 	built, err := cfg.buildSources(a.store, a.log)
 	if err != nil {
+		return nil, err
+	}
+	if err := a.buildGPUFleets(built); err != nil {
 		return nil, err
 	}
 	a.sources = built.all
@@ -139,12 +148,8 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 	a.disp = NewDispatcher(targets, 8, 2*time.Second, time.Second, a.log.With("part", "dispatch"))
 	a.disp.OnApplied = opt.OnApplied
 
-	if cfg.MQTT != nil {
-		c, err := mqtt.New(*cfg.MQTT, cfg.Site.ID, a.log.With("part", "mqtt"))
-		if err != nil {
-			return nil, err
-		}
-		a.mqtt = c
+	if err := a.finishMQTT(); err != nil {
+		return nil, err
 	}
 	a.metrics = newMetrics(a)
 	a.timer = time.NewTimer(time.Hour)
@@ -287,6 +292,7 @@ func (a *Agent) loop(ctx context.Context) {
 func (a *Agent) cycle(now time.Time, woken bool) {
 	a.snap = a.store.Snapshot(a.snap)
 	a.checker.Fill(a.snap, now, a.in)
+	a.ops.gate.apply(a.in, now) // accepted commands: curtailment target, restore hold
 	a.ctrl.Step(a.st, a.in, now, a.plan)
 	if n := a.clamp.Apply(a.plan); n > 0 {
 		a.log.Error("plan exceeded hard limits and was clamped; this is a controller bug", "groups", n)

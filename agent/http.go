@@ -132,6 +132,9 @@ func (a *Agent) StatusNow() Status {
 	for _, ep := range a.endpoints {
 		s.Sources[ep.Name()] = ep.Stats()
 	}
+	for name, f := range a.MinerFleets() {
+		s.Sources[name] = f.Status() // states, power measured vs estimated, problem miners
+	}
 	if a.mqtt != nil {
 		s.MQTT = a.mqtt.Stats()
 	}

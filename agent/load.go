@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -46,6 +47,7 @@ func Load(name string, data []byte) (*SiteConfig, error) {
 	// Check the invariants even when some keys did not decode, so that
 	// one run lists every mistake; a key already reported is not reported
 	// again.
+	cfg.dir = filepath.Dir(name)
 	cfg.applyDefaults()
 	cfg.validate(p)
 	if err := p.Err(); err != nil {
@@ -68,9 +70,19 @@ func (c *SiteConfig) applyDefaults() {
 	}
 	for i := range c.Groups {
 		g := &c.Groups[i]
-		if g.CeilingKW == nil {
+		if g.CeilingKW == nil && g.Miners == nil { // a fleet's comes from its inventory
 			v := float64(g.Units) * g.UnitKW
 			g.CeilingKW = &v
+		}
+		if g.GPUNodes != nil {
+			d := g.GPUNodes.WithDefaults()
+			g.GPUNodes = &d
+			if g.PowerKW == "" {
+				g.PowerKW = g.Name + ".power_kw" // the fleet's own measure
+			}
+		}
+		if g.Miners != nil {
+			g.minerDefaults() // miners.go
 		}
 	}
 	if c.MQTT != nil {
@@ -90,6 +102,7 @@ func (c *SiteConfig) validate(p *config.Problems) {
 		p.Addf("site.cycle_period", "%s is outside 10ms..10s; 100ms suits most sites", c.Site.CyclePeriod)
 	}
 
+	c.prepareMiners(p) // inventories give their groups units and ratings
 	sources := c.validateSources(p)
 	if c.MQTT != nil {
 		c.MQTT.Validate(p, "mqtt")
@@ -103,6 +116,8 @@ func (c *SiteConfig) validate(p *config.Problems) {
 	c.validateLimits(p)
 	groups := c.validateGroups(p, pts, sources)
 	c.validateStages(p, groups)
+	c.validateGPUFleets(p)
+	c.validateOps(p)
 }
 
 // checkPoint reports a reference to a point that no source defines, or one
@@ -234,6 +249,9 @@ func (c *SiteConfig) validateGroups(p *config.Problems, pts map[string]pointInfo
 		if g.PowerKW != "" {
 			checkPoint(p, pts, key("power_kw"), g.PowerKW, "kW")
 		}
+		if g.Droop != nil {
+			validateDroop(p, key("droop"), g, kind)
+		}
 		if ok {
 			validateActuator(p, path, g, kind, sources)
 		}
@@ -287,6 +305,27 @@ func (c *SiteConfig) validateStages(p *config.Problems, groups map[string]int) {
 	}
 }
 
+// validateDroop checks a group's [groups.droop] frequency response.
+func validateDroop(p *config.Problems, path string, g *GroupSection, kind control.Kind) {
+	d := g.Droop
+	key := func(k string) string { return config.Join(path, k) }
+	if kind != control.Throttle {
+		p.Addf(path, "droop needs a throttle group: a shed group moves in whole units, not proportionally")
+	}
+	if d.NominalHz != 50 && d.NominalHz != 60 {
+		p.Addf(key("nominal_hz"), "%g Hz: write the grid's nominal frequency, 50 or 60", d.NominalHz)
+	}
+	if d.DeadbandHz < 0 || d.DeadbandHz > 1 {
+		p.Addf(key("deadband_hz"), "%g Hz is outside 0..1; 0.036 Hz is the usual governor deadband", d.DeadbandHz)
+	}
+	if !(d.DroopPct > 0 && d.DroopPct <= 20) {
+		p.Addf(key("droop_pct"), "%g is outside (0, 20]: the frequency change, in %% of nominal, that moves the cap across the whole ceiling (5 is a generator's; 1 responds five times harder)", d.DroopPct)
+	}
+	if d.MinKW != nil && (*d.MinKW < g.FloorKW || g.CeilingKW != nil && *d.MinKW > *g.CeilingKW) {
+		p.Addf(key("min_kw"), "%g kW must lie between floor_kw (%g) and the ceiling", *d.MinKW, g.FloorKW)
+	}
+}
+
 func parseKind(s string) (control.Kind, bool) {
 	switch s {
 	case "shed":
@@ -319,12 +358,22 @@ func (c *SiteConfig) ControlLimits() control.Limits {
 		for k := range u {
 			u[k] = g.UnitKW
 		}
+		if g.Miners != nil {
+			u = g.Miners.UnitKW() // each miner's own rating
+		}
 		index[g.Name] = i
 		lim.Groups = append(lim.Groups, control.Group{
 			Name: g.Name, Kind: kind, CutOrder: g.CutOrder, UnitKW: u,
 			FloorKW: g.FloorKW, CeilingKW: *g.CeilingKW,
 			RampUpKWPerS: g.RampUpKWPerS, WakeUnitsPerS: g.WakeUnitsPerS, RestoreHoldoff: g.RestoreHoldoff,
 		})
+		if d := g.Droop; d != nil {
+			lo := g.FloorKW
+			if d.MinKW != nil {
+				lo = *d.MinKW
+			}
+			lim.Groups[i].Droop = control.Droop{NominalHz: d.NominalHz, DeadbandHz: d.DeadbandHz, Pct: d.DroopPct, MinKW: lo}
+		}
 	}
 	for _, s := range c.Stages {
 		st := control.Stage{Name: s.Name, BelowHz: s.BelowHz, Delay: s.Delay, ClearAboveHz: s.ClearAboveHz, ClearAfter: s.ClearAfter}

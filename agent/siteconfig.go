@@ -3,8 +3,12 @@ package agent
 import (
 	"time"
 
+	"github.com/siteagent/siteagent/drivers/gpufleet"
+	"github.com/siteagent/siteagent/drivers/miner"
 	"github.com/siteagent/siteagent/drivers/modbus"
 	"github.com/siteagent/siteagent/drivers/mqtt"
+	"github.com/siteagent/siteagent/drivers/opcua"
+	"github.com/siteagent/siteagent/safety"
 )
 
 // SiteConfig is one site file: everything `siteagent run` needs.
@@ -14,8 +18,17 @@ type SiteConfig struct {
 	MQTT   *mqtt.Config            `toml:"mqtt"`
 	HTTP   *HTTPSection            `toml:"http"`
 	Modbus []modbus.EndpointConfig `toml:"modbus"`
+	OPCUA  []opcua.SourceConfig    `toml:"opcua"`
 	Groups []GroupSection          `toml:"groups"`
 	Stages []StageSection          `toml:"stages"`
+
+	// Commands from central ops over MQTT: taken only when the table is
+	// present, within its bounds (see docs/mqtt.md).
+	Commands *safety.CommandsConfig `toml:"commands"`
+
+	// dir is the site file's directory: inventory files are relative to
+	// it.
+	dir string
 }
 
 // SiteSection names the site and the points that feed the controller.
@@ -24,6 +37,10 @@ type SiteSection struct {
 	Description string        `toml:"description"`
 	CyclePeriod time.Duration `toml:"cycle_period"`
 	Inputs      InputsSection `toml:"inputs,required"`
+
+	// StateDir keeps what must survive a restart (the MQTT queue, the
+	// command audit log); $STATE_DIRECTORY or /var/lib/siteagent unless set.
+	StateDir string `toml:"state_dir"`
 }
 
 // InputsSection maps the controller's inputs to point names
@@ -79,8 +96,10 @@ type GroupSection struct {
 	// CutOrder: 1 is cut first; the highest is protected longest.
 	CutOrder int `toml:"cut_order,required"`
 	// Units and UnitKW: how many units and each one's rated power.
-	Units  int     `toml:"units,required"`
-	UnitKW float64 `toml:"unit_kw,required"`
+	// A [groups.miners] group leaves both out: its inventory counts the
+	// miners and rates each one.
+	Units  int     `toml:"units"`
+	UnitKW float64 `toml:"unit_kw"`
 	// FloorKW: never cut below; CeilingKW: never allow above (units*unit_kw
 	// unless set).
 	FloorKW   float64  `toml:"floor_kw"`
@@ -97,6 +116,25 @@ type GroupSection struct {
 	PowerKW string `toml:"power_kw"`
 	// Actuators: exactly one.
 	Modbus *modbus.ActuatorConfig `toml:"modbus"`
+	// GPUNodes: the group is GPU servers running `siteagent node`; its
+	// cap is split between them and sent as leases over MQTT.
+	GPUNodes *gpufleet.Config `toml:"gpu_nodes"`
+	// Miners: the group is a fleet of ASIC miners driven through their
+	// firmware's APIs (see docs/miners.md).
+	Miners *miner.GroupConfig `toml:"miners"`
+	// Droop: an optional frequency response (throttle groups).
+	Droop *DroopSection `toml:"droop"`
+}
+
+// DroopSection makes a throttle group's cap follow grid frequency like a
+// governor (control.Droop): below nominal - deadband the cap falls by the
+// whole ceiling per droop_pct percent of nominal frequency, never below
+// min_kw.
+type DroopSection struct {
+	NominalHz  float64  `toml:"nominal_hz,required"`
+	DeadbandHz float64  `toml:"deadband_hz"`
+	DroopPct   float64  `toml:"droop_pct,required"`
+	MinKW      *float64 `toml:"min_kw"`
 }
 
 // StageSection is one under-frequency stage: like a UFLS relay element.

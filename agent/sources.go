@@ -8,7 +8,10 @@ import (
 
 	"github.com/siteagent/siteagent/agent/config"
 	"github.com/siteagent/siteagent/agent/point"
+	"github.com/siteagent/siteagent/drivers/gpufleet"
+	"github.com/siteagent/siteagent/drivers/miner"
 	"github.com/siteagent/siteagent/drivers/modbus"
+	"github.com/siteagent/siteagent/drivers/opcua"
 )
 
 // This file is where source drivers plug into the agent: each kind of
@@ -24,6 +27,7 @@ type source interface {
 }
 
 var _ source = (*modbus.Endpoint)(nil)
+var _ source = (*opcua.Source)(nil)
 
 // pointInfo is what validation knows of a point defined by some source.
 type pointInfo struct {
@@ -41,6 +45,15 @@ func (c *SiteConfig) points() map[string]pointInfo {
 			out[ep.Name+"."+pt.Name] = pointInfo{meta: pt.Meta, period: ep.PollPeriod}
 		}
 	}
+	for _, sc := range c.OPCUA {
+		for _, pt := range sc.Points {
+			// A subscription's values refresh at least every keep-alive
+			// period while all is well; stale_after defaults to a few.
+			out[sc.Name+"."+pt.Name] = pointInfo{meta: pt.Meta, period: sc.RefreshPeriod()}
+		}
+	}
+	c.gpuFleetPoints(out)
+	c.minerPoints(out)
 	return out
 }
 
@@ -59,14 +72,29 @@ func (c *SiteConfig) validateSources(p *config.Problems) map[string]bool {
 		c.Modbus[i].Validate(p, path)
 		claim(path, c.Modbus[i].Name)
 	}
+	for i := range c.OPCUA {
+		path := config.Index("opcua", i)
+		c.OPCUA[i].Validate(p, path)
+		claim(path, c.OPCUA[i].Name)
+	}
+	for i := range c.Groups {
+		if c.Groups[i].GPUNodes != nil { // a GPU fleet is a source named after its group
+			claim(config.Index("groups", i), c.Groups[i].Name)
+		}
+		if m := c.Groups[i].Miners; m != nil { // so is a miner fleet, unless miners.source says otherwise
+			claim(config.Index("groups", i), m.Source)
+		}
+	}
 	return names
 }
 
 // builtSources are the running sources, by kind where the agent needs the
 // concrete type (Modbus actuators share their endpoint's connection).
 type builtSources struct {
-	all    []source
-	modbus map[string]*modbus.Endpoint
+	all       []source
+	modbus    map[string]*modbus.Endpoint
+	gpufleets map[string]*gpufleet.Fleet // by group name
+	miners    map[string]*miner.Fleet    // by group name
 }
 
 func (c *SiteConfig) buildSources(store *point.Store, log *slog.Logger) (*builtSources, error) {
@@ -78,6 +106,16 @@ func (c *SiteConfig) buildSources(store *point.Store, log *slog.Logger) (*builtS
 		}
 		b.all = append(b.all, ep)
 		b.modbus[ec.Name] = ep
+	}
+	for _, sc := range c.OPCUA {
+		src, err := opcua.NewSource(sc, store, log)
+		if err != nil {
+			return nil, fmt.Errorf("opcua source %s: %w", sc.Name, err)
+		}
+		b.all = append(b.all, src)
+	}
+	if err := c.buildMinerFleets(b, store, log); err != nil {
+		return nil, err
 	}
 	return b, nil
 }

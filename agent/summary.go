@@ -68,6 +68,19 @@ func (c *SiteConfig) Summarize(w io.Writer) error {
 		if g.Modbus != nil {
 			fmt.Fprintf(w, ", moved by modbus %s %s %d", g.Modbus.Endpoint, g.Modbus.Table, *g.Modbus.Address)
 		}
+		if n := g.GPUNodes; n != nil {
+			who := n.Pattern
+			if who == "" {
+				who = strings.Join(n.Nodes, " ")
+			}
+			fmt.Fprintf(w, ", moved by GPU nodes %s (split by %s, lease %s, stale after %s)", who, n.Split, n.Lease, n.StaleAfter)
+		}
+		if g.Miners != nil {
+			fmt.Fprintf(w, ", moved by %s", minerSummary(g))
+		}
+		if d := g.Droop; d != nil {
+			fmt.Fprintf(w, ", droop %g %% below %g Hz", d.DroopPct, d.NominalHz-d.DeadbandHz)
+		}
 		fmt.Fprintln(w)
 	}
 	if len(lim.Stages) > 0 {

@@ -80,6 +80,9 @@ func (l *Limits) check() error {
 		if g.RampUpKWPerS < 0 || g.WakeUnitsPerS < 0 || g.RestoreHoldoff < 0 {
 			errs = append(errs, fmt.Errorf("group %q: rates and hold-off must not be negative", g.Name))
 		}
+		if err := g.Droop.check(g); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for i := range l.Stages {
 		s := &l.Stages[i]
@@ -236,6 +239,7 @@ func (c *Controller) Step(st *State, in *Inputs, now time.Time, out *Plan) {
 	for g := range lim.Groups {
 		gp := &out.Groups[g]
 		gp.MaxKW, gp.Stage = c.stageMax(st, g)
+		c.applyDroop(in, g, gp)
 		gs := &st.Groups[g]
 		if gs.CapKW > gp.MaxKW+eps {
 			c.setKW(st, g, gp.MaxKW)
@@ -592,6 +596,8 @@ func (c *Controller) finish(st *State, in *Inputs, now time.Time, freeze bool, o
 		case gp.Reason == ReasonRamping || gp.Reason == ReasonHoldoff:
 		case gs.CapKW >= gp.MaxKW-eps && gp.Stage >= 0:
 			gp.Reason = ReasonStage
+		case gs.CapKW >= gp.MaxKW-eps && gp.Droop:
+			gp.Reason = ReasonDroop
 		case freeze:
 			gp.Reason = ReasonFrozen
 		case in.HoldRestores && gp.MaxKW > gs.CapKW+eps:
@@ -601,8 +607,10 @@ func (c *Controller) finish(st *State, in *Inputs, now time.Time, freeze bool, o
 		default:
 			gp.Reason = ReasonBudget
 		}
-		// Anything still holding the group back restarts its hold-off.
-		if held && gp.Reason != ReasonRamping && gp.Reason != ReasonHoldoff {
+		// Anything still holding the group back restarts its hold-off,
+		// except its droop response, which follows frequency back up at
+		// the ramp rate like a governor.
+		if held && gp.Reason != ReasonRamping && gp.Reason != ReasonHoldoff && gp.Reason != ReasonDroop {
 			gs.FreeSince = now
 			gs.WakeCredit = 0
 		}

@@ -32,6 +32,9 @@ func (c *Controller) Why(p *Plan, g int) string {
 		return fmt.Sprintf("restoring at %g kW/s, now %s", grp.RampUpKWPerS, c.position(p, g))
 	case ReasonHeld:
 		return fmt.Sprintf("held at %s: central ops asked to hold restores", c.position(p, g))
+	case ReasonDroop:
+		d := &grp.Droop
+		return fmt.Sprintf("capped to %s by its frequency response (%g %% droop below %.3f Hz)", c.position(p, g), d.Pct, d.NominalHz-d.DeadbandHz)
 	case ReasonFrozen:
 		return fmt.Sprintf("held at %s: restores are frozen while inputs are unknown (%s)", c.position(p, g), strings.Join(p.Unknown.Names(), ", "))
 	}

@@ -236,7 +236,7 @@ func checkCutOrder(t *testing.T, c *Controller, seed uint64, recs []stepRecord) 
 	lim := c.Limits()
 	for i := 1; i < len(recs); i++ {
 		for p, gp := range recs[i].out.Groups {
-			if gp.CapKW >= recs[i-1].out.Groups[p].CapKW-eps || gp.Reason == ReasonStage {
+			if gp.CapKW >= recs[i-1].out.Groups[p].CapKW-eps || gp.Reason == ReasonStage || gp.Reason == ReasonDroop {
 				continue
 			}
 			// A budget cut of group p: every group cut before it must have

@@ -43,6 +43,8 @@ type Group struct {
 	// RestoreHoldoff: how long the group must have been free to restore
 	// before its first restore step.
 	RestoreHoldoff time.Duration
+	// Droop: an optional frequency response (throttle groups; see droop.go).
+	Droop Droop
 }
 
 // StageAction caps one group (by index into Limits.Groups) while a stage is
@@ -277,9 +279,11 @@ const (
 	ReasonFrozen
 	// ReasonHeld: restores held on request (Inputs.HoldRestores).
 	ReasonHeld
+	// ReasonDroop: capped by its frequency response (Group.Droop).
+	ReasonDroop
 )
 
-var reasonNames = [...]string{"free", "budget", "stage", "floor", "holdoff", "ramping", "frozen", "held"}
+var reasonNames = [...]string{"free", "budget", "stage", "floor", "holdoff", "ramping", "frozen", "held", "droop"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -304,8 +308,10 @@ type GroupPlan struct {
 	// Until: end of the hold-off (ReasonHoldoff).
 	Until time.Time
 	// MaxKW is the most the group may have this cycle: its ceiling, or the
-	// cap of an operated stage.
+	// cap of an operated stage or of its droop response.
 	MaxKW float64
+	// Droop: MaxKW is set by the group's droop response.
+	Droop bool
 
 	prevCap   float64
 	prevUnits int

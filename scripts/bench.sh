@@ -16,16 +16,30 @@ run ./control 'BenchmarkStep$' -benchtime 20000x
 run ./drivers/modbus 'BenchmarkRegistersPerSecond$' -benchtime 3s
 run ./agent 'BenchmarkSenseToDispatch$' -benchtime 1x -timeout 20m
 run ./cmd/siteagent 'BenchmarkAgentRSS$' -benchtime 1x -timeout 5m
+run ./node 'BenchmarkGrantToCaps$' -benchtime 1x -timeout 5m
+run ./drivers/gpufleet 'BenchmarkSiteToNode' -benchtime 1x -timeout 5m
+run ./cmd/siteagent 'BenchmarkNodeRSS$' -benchtime 1x -timeout 5m
+run ./drivers/miner/whatsminer 'BenchmarkShed1000$' -benchtime 5x
+run ./drivers/miner/vnish 'BenchmarkShed1000$' -benchtime 5x
+run ./drivers/miner/antminer 'BenchmarkDispatch1000$' -benchtime 2x
+run ./drivers/miner 'BenchmarkShed5000$|BenchmarkPoll5000$' -benchtime 3x -timeout 10m
+run ./drivers/miner 'BenchmarkFleetRSS$' -benchtime 1x -timeout 10m
+run ./drivers/opcua 'BenchmarkChangeToPoint$' -benchtime 1x -timeout 10m
+run ./drivers/opcua 'BenchmarkItemsCPU$' -benchtime 1x -timeout 10m
+run ./agent 'BenchmarkMQTTPointsPerSecond$|BenchmarkMQTTReplay$' -benchtime 1x -timeout 10m
+run ./drivers/mqtt/sparkplug 'BenchmarkSparkplugPointsPerSecond$' -benchtime 1x -timeout 5m
+run ./agent 'BenchmarkCycleJitter$' -benchtime 1x -timeout 10m
 
 echo
 echo "== figures (name value unit)"
 awk '
 function unit(u) {
 	if (u ~ /_us$/) return "us"
-	if (u ~ /_ms$/) return "ms"
+	if (u ~ /_ms$/ || u ~ /_ms_broker_/) return "ms"
 	if (u ~ /_mb(_per_1000)?$/) return "MB"
 	if (u ~ /_allocs$/) return "allocs/op"
 	if (u ~ /_per_s$/) return "1/s"
+	if (u ~ /_s$/) return "s"
 	if (u ~ /_pct$/) return "%"
 	return ""
 }

@@ -97,6 +97,10 @@ type Site struct {
 	dropped chan struct{} // non-nil while the meter is silent; closed to release
 	onWrite func(unit uint8, table string, addr, qty uint16)
 
+	// external, when set, is the ASIC load in kW (networked miners
+	// simulated in sim/miners), read every step: see SetExternalASIC.
+	external func() float64
+
 	srv     *modbus.ModbusServer
 	url     string
 	stop    chan struct{}
@@ -159,6 +163,9 @@ func (s *Site) step(h time.Duration) {
 				s.moving++
 			}
 		}
+	}
+	if s.external != nil {
+		s.asic = s.external()
 	}
 	tt, it := s.gpuTargets()
 	s.training = lag(s.training, tt, h, c.GPULag)

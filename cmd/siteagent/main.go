@@ -30,12 +30,22 @@ const usage = `siteagent: site power controller for mining and AI campuses
 usage:
   siteagent run [--config FILE]          run the site controller (default /etc/siteagent/site.toml)
   siteagent check-config FILE            check a site file; exit 0 with a summary, 1 with every error
+  siteagent node [--config FILE] [--check]
+                                         run the node role on a GPU server (default /etc/siteagent/node.toml)
   siteagent demo [--scenario NAME] [--duration D] [--json] [--list]
                                          run the agent against the built-in simulated site
+  siteagent demo-miners [--scenario NAME] [--duration D] [--json] [--faulty N]
+                                         the same site with 2,000 LuxOS miners shed over their API
+  siteagent points [--config FILE]       read every point once: value, quality, age
+  siteagent opcua browse ENDPOINT [NODE] list an OPC UA server's nodes, types and values
+  siteagent opcua gen-cert --cert F --key F
+                                         make the agent's OPC UA application certificate
+  siteagent modbus read ENDPOINT UNIT ADDRESS COUNT [--type T --order O]
+                                         read and decode registers as the agent would
   siteagent version                      print the version
 
 Logs go to stderr; --log-format json|text and --log-level debug|info|warn|error
-apply to run and demo.
+apply to run, node and demo.
 `
 
 func main() {
@@ -52,8 +62,18 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "check-config":
 		return cmdCheckConfig(args[1:], stdout, stderr)
+	case "node":
+		return cmdNode(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
+	case "demo-miners":
+		return cmdDemoMiners(args[1:], stdout, stderr)
+	case "points":
+		return cmdPoints(args[1:], stdout, stderr)
+	case "opcua":
+		return cmdOPCUA(args[1:], stdout, stderr)
+	case "modbus":
+		return cmdModbus(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "siteagent %s (%s)\n", version, gpuSupport())
 		return 0

@@ -50,6 +50,10 @@ type Telemetry struct {
 	// or model reports none (the fleet then estimates from RatedW).
 	PowerW     float64
 	PowerKnown bool
+	// PowerEstimated: the firmware reported a figure it estimated itself
+	// (LuxOS without a PMBus PSU, Braiins' approximated consumption), not
+	// a PSU measurement.
+	PowerEstimated bool
 	// MaxTempC over boards/chips, when reported.
 	MaxTempC float64
 	// PowerTargetW currently configured, when the family has one.
@@ -77,6 +81,27 @@ type Driver interface {
 
 // ErrUnsupported: the family cannot do this (safely).
 var ErrUnsupported = errors.New("not supported by this firmware family")
+
+// Drivers wrap one of these in their errors (fmt.Errorf("%w: ...")) so
+// that the fleet can tell a miner that does not answer from one that
+// answers wrongly. An error wrapping none of them counts as a failure.
+var (
+	// ErrUnreachable: no answer (connection refused or reset, timeout,
+	// connection closed before a reply). The miner is marked unreachable.
+	ErrUnreachable = errors.New("unreachable")
+	// ErrGarbled: an answer that cannot be trusted (malformed beyond
+	// repair, wrong shape, implausible values). The miner is marked failed.
+	ErrGarbled = errors.New("garbled reply")
+	// ErrRefused: the firmware understood and said no (authentication
+	// refused, access denied, an error status, no session available). The
+	// miner is marked failed.
+	ErrRefused = errors.New("refused")
+	// ErrInProgress: the firmware took the command and applies it in the
+	// background (a stock Antminer's config write takes ~20 s). The
+	// fleet counts the command acknowledged and lets the read-back (within
+	// settle_time) decide whether it took effect.
+	ErrInProgress = errors.New("accepted, still being applied")
+)
 
 // Error is a failure talking to one miner: the address, the operation and
 // why. Replies that cannot be trusted are errors, never guessed values.

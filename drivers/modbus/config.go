@@ -12,7 +12,9 @@ type EndpointConfig struct {
 	// Name prefixes its points: point "frequency_hz" of endpoint "pcc" is
 	// "pcc.frequency_hz" everywhere else in the file.
 	Name string `toml:"name,required"`
-	// URL is tcp://host:port (port 502 by default on devices).
+	// URL is tcp://host:port (port 502 by default on devices), or
+	// tcp+tls://host:port for Modbus over TLS (MBAPS, port 802), which
+	// needs the [modbus.tls] table.
 	URL string `toml:"url,required"`
 	// UnitID is the Modbus unit (slave) id; 1 unless set.
 	UnitID *uint8 `toml:"unit_id"`
@@ -29,8 +31,26 @@ type EndpointConfig struct {
 	MaxRegisters int `toml:"max_registers"`
 	// MaxBits caps coils or discrete inputs per read (1..2000); 2000 unless set.
 	MaxBits int `toml:"max_bits"`
+	// TLS: the agent's client certificate and the CA that signs the
+	// device's certificate; required by tcp+tls:// and refused otherwise.
+	TLS *TLSConfig `toml:"tls"`
 	// Points read from this endpoint.
 	Points []PointConfig `toml:"points"`
+}
+
+// TLSConfig is [modbus.tls]: Modbus/TCP Security (MBAPS) authenticates
+// both ends with certificates. The files are read at every connection, so
+// renewed certificates are used from the next reconnect on.
+type TLSConfig struct {
+	// CAFile holds the PEM certificates that may sign the device's
+	// certificate (or the device's own certificate). The device's
+	// certificate must name the host of the URL (DNS name or IP address).
+	CAFile string `toml:"ca_file"`
+	// CertFile and KeyFile: the agent's client certificate and key (PEM).
+	// A bare file name is looked up in $CREDENTIALS_DIRECTORY when systemd
+	// sets it (LoadCredential=).
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
 }
 
 // PointConfig is one value read from an endpoint.

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -50,6 +51,7 @@ type Endpoint struct {
 	store  *point.Store
 	log    *slog.Logger
 	client *modbus.ModbusClient
+	libLog *log.Logger // the library's logger
 	reqs   []request
 	names  []string
 	plan   string
@@ -91,19 +93,17 @@ func NewEndpoint(cfg EndpointConfig, store *point.Store, log *slog.Logger) (*End
 	}
 	d := cfg.WithDefaults()
 	log = log.With("endpoint", d.Name)
-	client, err := modbus.NewClient(&modbus.ClientConfiguration{
-		URL:     d.URL,
-		Timeout: d.Timeout,
-		// The library's own warnings (stray transaction ids) are debug detail.
-		Logger: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("modbus endpoint %q: %w", d.Name, err)
+	e := &Endpoint{cfg: d, store: store, log: log, ready: make(chan struct{})}
+	e.libLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	if !d.usesTLS() {
+		// A plain TCP client is made once; a TLS one at every
+		// connection (see connect), so no file is read here.
+		client, err := e.newClient()
+		if err != nil {
+			return nil, fmt.Errorf("modbus endpoint %q: %w", d.Name, err)
+		}
+		e.client = client
 	}
-	if err := client.SetUnitId(*d.UnitID); err != nil {
-		return nil, fmt.Errorf("modbus endpoint %q: %w", d.Name, err)
-	}
-	e := &Endpoint{cfg: d, store: store, log: log, client: client, ready: make(chan struct{})}
 	pts := make([]plannedPoint, len(d.Points))
 	for i, pc := range d.Points {
 		full := d.Name + "." + pc.Name
@@ -315,6 +315,16 @@ func (e *Endpoint) connect(ctx context.Context, now bool) error {
 	}
 	if !now && time.Now().Before(e.retryAt) {
 		return errDown
+	}
+	if e.cfg.usesTLS() {
+		client, err := e.newClient()
+		if err != nil {
+			err = fmt.Errorf("modbus over TLS: %w", err)
+			e.count(err, false)
+			e.linkDown(err)
+			return err
+		}
+		e.client = client
 	}
 	if err := e.client.Open(); err != nil {
 		e.count(err, false)

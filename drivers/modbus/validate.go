@@ -77,6 +77,7 @@ func (c *EndpointConfig) Validate(p *config.Problems, path string) {
 	d := c.WithDefaults()
 	checkName(p, config.Join(path, "name"), c.Name, "endpoint", `name = "pcc"`)
 	checkURL(p, config.Join(path, "url"), c.URL)
+	checkTLS(p, path, c)
 	if u := *d.UnitID; u >= 248 && u <= 254 {
 		p.Addf(config.Join(path, "unit_id"), "unit id %d is reserved by the protocol; use 1..247, or 255 (or 0) for a device addressed by its IP alone", u)
 	}
@@ -262,13 +263,13 @@ func checkName(p *config.Problems, key, name, what, example string) {
 }
 
 func checkURL(p *config.Problems, key, raw string) {
-	const hint = "write tcp://host:port, e.g. tcp://10.0.0.5:502"
+	const hint = "write tcp://host:port, e.g. tcp://10.0.0.5:502 (or tcp+tls://10.0.0.5:802 for Modbus over TLS)"
 	u, err := url.Parse(raw)
 	if err != nil {
 		p.Addf(key, "cannot read %q as a URL; %s", raw, hint)
 		return
 	}
-	if u.Scheme != "tcp" {
+	if u.Scheme != "tcp" && u.Scheme != schemeTLS {
 		p.Addf(key, "scheme %q is not supported (Modbus TCP only); %s", u.Scheme, hint)
 		return
 	}
@@ -283,6 +284,34 @@ func checkURL(p *config.Problems, key, raw string) {
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		p.Addf(key, "port %q is not a number in 1..65535; %s", port, hint)
+	}
+}
+
+// schemeTLS is Modbus over TLS (MBAPS).
+const schemeTLS = "tcp+tls"
+
+// usesTLS reports whether the endpoint's URL asks for TLS.
+func (c *EndpointConfig) usesTLS() bool { return strings.HasPrefix(c.URL, schemeTLS+"://") }
+
+// checkTLS checks [modbus.tls] against the URL's scheme: MBAPS
+// authenticates both ends, so every file is required.
+func checkTLS(p *config.Problems, path string, c *EndpointConfig) {
+	key := config.Join(path, "tls")
+	switch {
+	case c.usesTLS() && c.TLS == nil:
+		p.Addf(config.Join(path, "url"), "tcp+tls:// needs a [modbus.tls] table with ca_file (the CA of the device's certificate), cert_file and key_file (the agent's client certificate)")
+	case !c.usesTLS() && c.TLS != nil:
+		p.Addf(key, "[modbus.tls] applies to tcp+tls:// endpoints; write url = \"tcp+tls://host:802\" or remove the table")
+	case c.TLS != nil:
+		for _, f := range []struct{ k, v, what string }{
+			{"ca_file", c.TLS.CAFile, "the PEM file of the CA that signs the device's certificate"},
+			{"cert_file", c.TLS.CertFile, "the agent's client certificate (PEM): Modbus over TLS requires one"},
+			{"key_file", c.TLS.KeyFile, "the key of the agent's client certificate (PEM)"},
+		} {
+			if f.v == "" {
+				p.Addf(config.Join(key, f.k), "set %s to %s", f.k, f.what)
+			}
+		}
 	}
 }
 

@@ -33,7 +33,9 @@ func startClient(t *testing.T, c *Client) {
 	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "client connected", func() bool { return c.Stats().Connected })
+	// Connected and the session begun (its status published): what is
+	// published from now on is live, and arrives in order.
+	waitUntil(t, "client connected", func() bool { s := c.Stats(); return s.Connected && s.Session })
 }
 
 func seq(i int) []byte { return []byte(fmt.Sprintf("m%04d", i)) }
@@ -61,7 +63,7 @@ func TestMessagesArriveInOrder(t *testing.T) {
 		}
 		got := sub.waitFor(t, n)
 		if len(got) != n {
-			t.Fatalf("got %d messages, want %d", len(got), n)
+			t.Fatalf("got %d messages, want %d; stats %+v", len(got), n, c.Stats())
 		}
 		checkSeq(t, got, 0)
 		waitUntil(t, "all sent", func() bool { return c.Stats().Sent == n })
@@ -134,26 +136,25 @@ func TestStatusWillAndRepublish(t *testing.T) {
 }
 
 // publishDuringOutage fills the queue while the client is cut off and
-// checks the exact bound: queue accepted, the rest dropped and counted.
+// checks the exact bound: every publish accepted, the oldest extra ones
+// dropped and counted, queue messages waiting.
 func publishDuringOutage(t *testing.T, c *Client, queue, extra int, qos byte) {
 	t.Helper()
 	waitUntil(t, "client sees the outage", func() bool { return !c.Stats().Connected })
 	before := c.Stats()
-	accepted := 0
 	for i := range queue + extra {
-		if c.Publish(Message{Topic: c.Topics().Points(), Payload: seq(i), QoS: qos}) {
-			accepted++
+		if !c.Publish(Message{Topic: c.Topics().Points(), Payload: seq(i), QoS: qos}) {
+			t.Fatalf("publish %d refused", i)
 		}
 	}
 	s := c.Stats()
-	if accepted != queue || s.Queued != queue || s.Dropped-before.Dropped != uint64(extra) {
-		t.Fatalf("accepted %d, stats %+v (dropped before %d): want %d accepted and queued, %d dropped",
-			accepted, s, before.Dropped, queue, extra)
+	if s.Queued != queue || s.Dropped-before.Dropped != uint64(extra) {
+		t.Fatalf("stats %+v (dropped before %d): want %d queued, the oldest %d dropped", s, before.Dropped, queue, extra)
 	}
 }
 
 // While the broker is unreachable the queue holds queue_size messages,
-// counts every further one as dropped, and delivers the held ones in order
+// drops the oldest beyond that (counted), and delivers the rest in order
 // once the broker is back. QoS 0 on purpose: paho alone would lose them.
 func TestQueueBoundDuringOutage(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, url string) {
@@ -170,8 +171,8 @@ func TestQueueBoundDuringOutage(t *testing.T) {
 		if len(got) != queue {
 			t.Fatalf("got %d messages, want %d", len(got), queue)
 		}
-		checkSeq(t, got, 0)
-		waitUntil(t, "queue empty", func() bool { s := c.Stats(); return s.Queued == 0 && s.Sent == queue })
+		checkSeq(t, got, extra)
+		waitUntil(t, "queue empty", func() bool { s := c.Stats(); return s.Queued == 0 && s.Sent == queue && s.Replayed == queue })
 	})
 }
 
@@ -189,6 +190,7 @@ func TestQueueSurvivesMosquittoRestart(t *testing.T) {
 	if got := sub.waitFor(t, 1); got[0].payload != "before" {
 		t.Fatalf("got %q", got[0].payload)
 	}
+	waitUntil(t, "first message confirmed", func() bool { return c.Stats().Queued == 0 })
 
 	m.stop()
 	publishDuringOutage(t, c, queue, extra, 1)
@@ -197,7 +199,7 @@ func TestQueueSurvivesMosquittoRestart(t *testing.T) {
 	if len(got) != 1+queue {
 		t.Fatalf("got %d messages, want %d", len(got), 1+queue)
 	}
-	checkSeq(t, got[1:], 0)
+	checkSeq(t, got[1:], extra)
 	waitUntil(t, "queue empty", func() bool { s := c.Stats(); return s.Queued == 0 && s.Sent == 1+queue })
 }
 
@@ -243,10 +245,10 @@ func TestResubscribeAfterReconnect(t *testing.T) {
 	})
 }
 
-// Publish only touches the in-memory queue under a mutex: with no broker at
-// all it accepts up to the bound, refuses the rest, and refuses everything
-// after Stop, each refusal counted. Stop returns although nothing ever
-// connected.
+// With no broker at all Publish takes everything, the queue keeps the
+// newest queue_size messages and counts the older ones as dropped; after
+// Stop a memory queue's content is dropped (counted) and every publish is
+// refused. Stop returns although nothing ever connected.
 func TestPublishWithoutBroker(t *testing.T) {
 	url := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)) // nothing listens there
 	const queue = 10
@@ -255,11 +257,11 @@ func TestPublishWithoutBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range queue + 3 {
-		if ok := c.Publish(Message{Topic: "x/y", Payload: seq(i)}); ok != (i < queue) {
-			t.Fatalf("publish %d returned %v", i, ok)
+		if !c.Publish(Message{Topic: "x/y", Payload: seq(i)}) {
+			t.Fatalf("publish %d refused", i)
 		}
 	}
-	if s := c.Stats(); s.Connected || s.Queued != queue || s.Dropped != 3 || s.Sent != 0 {
+	if s := c.Stats(); s.Connected || s.Queued != queue || s.Dropped != 3 || s.Sent != 0 || s.Enqueued != queue+3 {
 		t.Fatalf("stats %+v", s)
 	}
 	c.Stop()
@@ -320,7 +322,8 @@ func TestNewRefuses(t *testing.T) {
 		{Config{Broker: "tcp://h:1883"}, "", "site id is empty"},
 		{Config{Broker: "tcp://h:1883"}, "a/b", "site id a/b"},
 		{Config{}, "s1", "no broker"},
-		{Config{Broker: "ssl://h:8883"}, "s1", "TLS options arrive with the upstream issue"},
+		{Config{Broker: "ssl://h:8883"}, "s1", "asks for TLS"},
+		{Config{Broker: "ssl://h:8883", TLS: &TLSConfig{CAFile: "/nonexistent/ca.pem"}}, "s1", "tls.ca_file"},
 		{Config{Broker: "tcp://h:1883", Username: "u", PasswordFile: "/nonexistent/pw"}, "s1", "cannot read the password"},
 	} {
 		_, err := New(tc.cfg, tc.site, quiet)
@@ -404,33 +407,36 @@ func TestBrokerDownAtStart(t *testing.T) {
 	}
 }
 
-func TestRingKeepsOrderAcrossGrowthAndWrap(t *testing.T) {
-	r := ring{limit: 100}
-	next, want := 0, 0
-	for round := range 50 {
-		for range 3 + round%5 {
-			if r.push(Message{Topic: fmt.Sprint(next)}) {
-				next++
-			}
-		}
-		for range 2 {
-			if r.n > 0 {
-				if got := r.head().Topic; got != fmt.Sprint(want) {
-					t.Fatalf("head %s, want %d", got, want)
-				}
-				r.pop()
-				want++
-			}
+// Direct messages skip the queue: they go out while a gated session waits
+// (a Sparkplug node whose primary host is offline still grants GPU
+// leases), are never replayed as history, and are dropped unsent once
+// expired.
+func TestDirectLane(t *testing.T) {
+	b := startEmbedded(t)
+	c, err := New(Config{Broker: b.URL()}, "s1", quiet, WithGate(), WithHistoricalFlag(nil),
+		WithDirect(func(topic string) bool { return strings.HasPrefix(topic, "siteagent/s1/nodes/") }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	sub := record(t, b.URL(), "siteagent/s1/#")
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "connected (the session waits for the gate)", func() bool { return c.Stats().Connected })
+	c.Publish(Message{Topic: c.Topics().Points(), Payload: []byte(`{"p":1}`)})
+	c.Publish(Message{Topic: "siteagent/s1/nodes/n1/grant", Payload: []byte(`{"g":1}`), QoS: 1})
+	c.Publish(Message{Topic: "siteagent/s1/nodes/n1/grant", Payload: []byte(`{"g":0}`), QoS: 1, Expires: time.Now().Add(-time.Second)})
+	sub.waitLast(t, "the grant while the gate is closed", isPayload(`{"g":1}`))
+	time.Sleep(200 * time.Millisecond)
+	for _, m := range sub.all() {
+		if m.topic == c.Topics().Points() || m.payload == `{"g":0}` {
+			t.Fatalf("%s went out: the gate is closed / it had expired", m.payload)
 		}
 	}
-	for r.n > 0 {
-		if got := r.head().Topic; got != fmt.Sprint(want) {
-			t.Fatalf("head %s, want %d", got, want)
-		}
-		r.pop()
-		want++
-	}
-	if want != next || len(r.buf) > r.limit {
-		t.Fatalf("popped %d of %d pushed; buffer %d over limit %d", want, next, len(r.buf), r.limit)
+	c.SetGate(true)
+	sub.waitLast(t, "queued point batch once the gate opens, as history", isPayload(`{"historical":true,"p":1}`))
+	if s := c.Stats(); s.Expired != 1 || s.Sent != 2 || s.Queued != 0 {
+		t.Fatalf("stats %+v", s)
 	}
 }

@@ -16,8 +16,20 @@ func TestValidate(t *testing.T) {
 		{Config{}, "", ""}, // everything defaulted; the demo fills the broker
 		{Config{Broker: "tcp://10.0.0.5:1883", TopicRoot: "acme/sites", Username: "u", PasswordFile: "pw",
 			TelemetryPeriod: 100 * time.Millisecond, QueueSize: MaxQueueSize}, "", ""},
-		{Config{Broker: "ssl://h:8883"}, "mqtt.broker", "TLS options arrive with the upstream issue"},
-		{Config{Broker: "mqtts://h:8883"}, "mqtt.broker", "TLS options arrive"},
+		{Config{Broker: "ssl://h:8883"}, "mqtt.tls", "asks for TLS: add a [mqtt.tls] table"},
+		{Config{Broker: "mqtts://h:8883"}, "mqtt.tls", "asks for TLS"},
+		{Config{Broker: "ssl://h:8883", TLS: &TLSConfig{CAFile: "ca.pem", CertFile: "c.pem", KeyFile: "c.key", ServerName: "mqtt.example.net"}}, "", ""},
+		{Config{Broker: "tls://h:8883", TLS: &TLSConfig{}}, "", ""}, // the system's roots
+		{Config{Broker: "tcp://h:1883", TLS: &TLSConfig{CAFile: "ca.pem"}}, "mqtt.broker", "plain TCP; write ssl://"},
+		{Config{Broker: "ssl://h:8883", TLS: &TLSConfig{CertFile: "c.pem"}}, "mqtt.tls", "both cert_file and key_file"},
+		{Config{Broker: "ssl://h:8883", TLS: &TLSConfig{ServerName: "h:8883"}}, "mqtt.tls.server_name", "not a host name"},
+		{Config{Broker: "ssl://h"}, "mqtt.broker", "ssl://h:8883"},
+		{Config{Format: "xml"}, "mqtt.format", `"xml" is not a format`},
+		{Config{Format: "sparkplug", Sparkplug: &SparkplugConfig{GroupID: "a/b"}}, "mqtt.sparkplug.group_id", "one topic level"},
+		{Config{Format: "sparkplug", Sparkplug: &SparkplugConfig{PrimaryHost: "scada+1"}}, "mqtt.sparkplug.primary_host", "one topic level"},
+		{Config{Sparkplug: &SparkplugConfig{}}, "mqtt.sparkplug", "format is json"},
+		{Config{QueueMB: -1}, "mqtt.queue_mb", "out of range"},
+		{Config{ReplayRate: MaxReplayRate + 1}, "mqtt.replay_rate", "out of range"},
 		{Config{Broker: "ws://h:80"}, "mqtt.broker", `scheme "ws" is not supported`},
 		{Config{Broker: "localhost:1883"}, "mqtt.broker", "is not a URL"},
 		{Config{Broker: "tcp://h"}, "mqtt.broker", "no port"},
@@ -55,12 +67,16 @@ func TestValidate(t *testing.T) {
 func TestWithDefaults(t *testing.T) {
 	got := Config{Broker: "tcp://h:1883"}.WithDefaults("tx1")
 	want := Config{Broker: "tcp://h:1883", ClientID: "siteagent-tx1", TopicRoot: "siteagent",
-		TelemetryPeriod: time.Second, QueueSize: 4096}
+		TelemetryPeriod: time.Second, Format: "json", QueueSize: 100000, QueueMB: 64, ReplayRate: 500}
 	if got != want {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
-	set := Config{ClientID: "c", TopicRoot: "r", TelemetryPeriod: time.Minute, QueueSize: 3}
+	set := Config{ClientID: "c", TopicRoot: "r", TelemetryPeriod: time.Minute, Format: "json", QueueSize: 3, QueueMB: 1, ReplayRate: 9}
 	if got := set.WithDefaults("tx1"); got != set {
 		t.Fatalf("set keys changed: %+v", got)
+	}
+	sp := Config{Format: "sparkplug"}.WithDefaults("tx1")
+	if sp.Sparkplug == nil || sp.Sparkplug.GroupID != "siteagent" {
+		t.Fatalf("sparkplug defaults: %+v", sp.Sparkplug)
 	}
 }
