@@ -89,7 +89,7 @@ func (t *capacityTracker) build(r *Record) CapacityReport {
 	case p.Unknown != 0:
 		rep.Why = "inputs unknown (" + strings.Join(p.Unknown.Names(), ", ") + "): the site runs fail-safe and offers nothing until they are back"
 	case p.Binding == control.ConstraintCurtail:
-		if end, id := gate.curtailEnd(p.At, in.CurtailTargetKW); !end.IsZero() {
+		if end, id := gate.curtailEnd(p.At, p.BudgetKW); !end.IsZero() {
 			rep.Until, rep.Why = &end, "curtailment "+id+" ends"
 		} else {
 			rep.Why = "curtailment requested through " + a.cfg.Site.Inputs.CurtailTargetKW + ": its end is not known"

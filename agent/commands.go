@@ -68,17 +68,13 @@ func (g *commandGate) apply(in *control.Inputs, now time.Time) {
 	}
 	hold := now.Before(g.holdUntil)
 	g.mu.Unlock()
+	// The controller applies the tighter of this and the curtail point's
+	// target, even while the point is unknown. The inputs live across
+	// cycles and nothing else writes these two.
+	in.CommandCurtailKW = 0
 	if !math.IsInf(target, 1) {
-		// A curtail point reads 0 or less for "none". While it is
-		// unknown the controller keeps its last good value and runs
-		// fail-safe; the command's target applies once it is known again.
-		if in.CurtailTargetKW > 0 {
-			in.CurtailTargetKW = math.Min(in.CurtailTargetKW, target)
-		} else {
-			in.CurtailTargetKW = target
-		}
+		in.CommandCurtailKW = target
 	}
-	// The inputs live across cycles and nothing else writes this one.
 	in.HoldRestores = hold
 }
 

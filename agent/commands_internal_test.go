@@ -39,23 +39,23 @@ func TestCommandGate(t *testing.T) {
 	g.n = 3
 	in := &control.Inputs{}
 	g.apply(in, now)
-	if in.CurtailTargetKW != 9000 || in.HoldRestores {
+	if in.CommandCurtailKW != 9000 || in.HoldRestores {
 		t.Fatalf("inputs %+v: want target 9000 (c is over, b not begun)", in)
 	}
-	in.CurtailTargetKW = 8000 // the curtail point is tighter
+	in.CurtailTargetKW = 8000 // the curtail point: the controller takes the tighter
 	g.apply(in, now)
-	if in.CurtailTargetKW != 8000 {
-		t.Fatalf("the tighter must win: %g", in.CurtailTargetKW)
+	if in.CommandCurtailKW != 9000 || in.CurtailTargetKW != 8000 {
+		t.Fatalf("the gate must leave the point's target alone: %+v", in)
 	}
-	in.CurtailTargetKW, in.ImportKW, in.ImportOK = 0, 10000, true
+	in.ImportKW, in.ImportOK = 10000, true
 	g.apply(in, now.Add(2*time.Minute)) // b begins: 10000 - 3000
-	if in.CurtailTargetKW != 7000 {
-		t.Fatalf("reduction resolved to %g, want 7000", in.CurtailTargetKW)
+	if in.CommandCurtailKW != 7000 {
+		t.Fatalf("reduction resolved to %g, want 7000", in.CommandCurtailKW)
 	}
-	in.CurtailTargetKW, in.ImportKW = 0, 5000 // the baseline does not move afterwards
+	in.ImportKW = 5000 // the baseline does not move afterwards
 	g.apply(in, now.Add(3*time.Minute))
-	if in.CurtailTargetKW != 7000 {
-		t.Fatalf("reduction moved to %g", in.CurtailTargetKW)
+	if in.CommandCurtailKW != 7000 {
+		t.Fatalf("reduction moved to %g", in.CommandCurtailKW)
 	}
 	g.holdUntil = now.Add(5 * time.Minute)
 	g.apply(in, now.Add(4*time.Minute))

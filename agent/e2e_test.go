@@ -83,6 +83,7 @@ func start(t *testing.T, brokerURL string, tweak func(*agent.SiteConfig)) *harne
 		brokerURL = b.URL()
 	}
 	cfg.MQTT.Broker = brokerURL
+	cfg.Site.StateDir = t.TempDir() // never the machine's /var/lib/siteagent
 	if tweak != nil {
 		tweak(cfg)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/siteagent/siteagent/control"
+	"github.com/siteagent/siteagent/drivers/opcua"
 )
 
 // metrics are updated by the publisher goroutine from cycle records, never
@@ -46,7 +47,7 @@ func newMetrics(a *Agent) *metrics {
 	m.headroom = prometheus.NewGauge(prometheus.GaugeOpts{Name: "siteagent_headroom_kw", Help: "Headroom under the binding budget after the plan."})
 	m.capKW = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siteagent_group_cap_kw", Help: "Planned cap of each load group."}, []string{"group"})
 	m.unitsOn = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siteagent_group_units_on", Help: "Planned running units of each shed group."}, []string{"group"})
-	m.sources = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siteagent_source", Help: "Source counters (requests, errors, reconnects, connected)."}, []string{"source", "what"})
+	m.sources = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siteagent_source", Help: "Source counters (Modbus: requests, errors, reconnects, connected; OPC UA: sessions, errors, missed_updates, connected)."}, []string{"source", "what"})
 	m.queue = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "siteagent_mqtt", Help: "MQTT queue counters (queued, sent, dropped, connected) and cycle records dropped."}, []string{"what"})
 	for _, c := range []prometheus.Collector{m.cycles, m.woken, m.cycleDur, m.mode, m.budget, m.headroom, m.capKW, m.unitsOn, m.sources, m.queue} {
 		f(c)
@@ -98,6 +99,15 @@ func (m *metrics) observeSources() {
 		m.sources.WithLabelValues(ep.Name(), "reconnects").Set(float64(s.Reconnects))
 		m.sources.WithLabelValues(ep.Name(), "connected").Set(b2f(s.Connected))
 	}
+	for _, src := range m.a.sources {
+		if u, ok := src.(*opcua.Source); ok {
+			s := u.Stats()
+			m.sources.WithLabelValues(u.Name(), "sessions").Set(float64(s.Sessions))
+			m.sources.WithLabelValues(u.Name(), "errors").Set(float64(s.Errors))
+			m.sources.WithLabelValues(u.Name(), "missed_updates").Set(float64(s.MissedUpdates))
+			m.sources.WithLabelValues(u.Name(), "connected").Set(b2f(s.Connected))
+		}
+	}
 	if c := m.a.mqtt; c != nil {
 		s := c.Stats()
 		m.queue.WithLabelValues("queued").Set(float64(s.Queued))
@@ -129,11 +139,8 @@ func (a *Agent) StatusNow() Status {
 	a.lastMu.Unlock()
 	s := Status{Site: a.cfg.Site.ID, Version: a.opt.Version, Ready: a.ready.Load(), Started: a.started,
 		Cycles: a.cycles.Load(), LastCycle: time.Unix(0, a.lastCycle.Load()), Plan: plan, Dispatch: a.disp.Status(), Sources: map[string]any{}}
-	for _, ep := range a.endpoints {
-		s.Sources[ep.Name()] = ep.Stats()
-	}
-	for name, f := range a.MinerFleets() {
-		s.Sources[name] = f.Status() // states, power measured vs estimated, problem miners
+	for _, src := range a.sources {
+		s.Sources[src.Name()] = sourceStatus(src)
 	}
 	if a.mqtt != nil {
 		s.MQTT = a.mqtt.Stats()

@@ -66,6 +66,7 @@ func startBMS(t *testing.T, siteCfg sim.Config) (*harness, *opcuasim.BMS) {
 	}
 	t.Cleanup(func() { b.Close() })
 	cfg.MQTT.Broker = b.URL()
+	cfg.Site.StateDir = t.TempDir()
 
 	h := &harness{t: t, site: site, cfg: cfg, cancel: cancel, done: make(chan error, 1)}
 	h.subscribe(b.URL())

@@ -130,7 +130,7 @@ func (a *Agent) planReport(r *Record) PlanReport {
 	if p.Binding != control.ConstraintNone {
 		rep.BudgetKW, rep.MeasuredKW, rep.PlannedKW, rep.HeadroomKW = kw(p.BudgetKW), kw(p.MeasuredKW), kw(p.PlannedKW), kw(p.HeadroomKW)
 	}
-	rep.Inputs = InputsReport{Islanded: in.Islanded, IslandCapacityKW: round(in.IslandCapacityKW), CurtailTargetKW: round(math.Max(0, in.CurtailTargetKW))}
+	rep.Inputs = InputsReport{Islanded: in.Islanded, IslandCapacityKW: round(in.IslandCapacityKW), CurtailTargetKW: round(p.CurtailKW)}
 	if in.FrequencyOK {
 		rep.Inputs.FrequencyHz = kw(in.FrequencyHz)
 	}

@@ -119,3 +119,19 @@ func (c *SiteConfig) buildSources(store *point.Store, log *slog.Logger) (*builtS
 	}
 	return b, nil
 }
+
+// sourceStatus is what /status shows of a source: its counters, or for a
+// fleet the state of every member.
+func sourceStatus(src source) any {
+	switch s := src.(type) {
+	case *modbus.Endpoint:
+		return s.Stats()
+	case *opcua.Source:
+		return s.Stats()
+	case *miner.Fleet:
+		return s.Status() // states, power measured vs estimated, problem miners
+	case *gpufleet.Fleet:
+		return s.Status()
+	}
+	return nil
+}

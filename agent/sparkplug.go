@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"sort"
 	"strings"
 	"time"
@@ -274,7 +273,7 @@ func (s *sparkSite) record(a *Agent, r *Record, cap *CapacityReport) {
 	s.set(spImport, num(in.ImportKW, in.ImportOK), at)
 	s.set(spSiteLoad, num(in.SiteLoadKW, in.SiteLoadOK), at)
 	s.set(spIslandCap, num(in.IslandCapacityKW, true), at)
-	s.set(spCurtail, num(math.Max(0, in.CurtailTargetKW), true), at)
+	s.set(spCurtail, num(p.CurtailKW, true), at)
 	for i, ph := range p.Stages {
 		s.set("stages/"+a.lim.Stages[i].Name, sparkplug.Text(ph.String()), at)
 	}

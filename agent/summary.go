@@ -41,6 +41,10 @@ func (c *SiteConfig) Summarize(w io.Writer) error {
 		fmt.Fprintf(w, "  modbus %-10s %s unit %d, every %s: %s; %s\n", ec.Name, ec.URL, *ec.UnitID, ec.PollPeriod, plural(len(ec.Points), "point"), plan)
 	}
 
+	for _, oc := range c.OPCUA {
+		fmt.Fprintf(w, "  opcua  %-10s %s\n", oc.Name, oc.Describe())
+	}
+
 	lim := c.ControlLimits()
 	fmt.Fprintln(w, "load groups, cut first to protected last:")
 	order := make([]int, len(lim.Groups))
@@ -98,7 +102,20 @@ func (c *SiteConfig) Summarize(w io.Writer) error {
 		if broker == "" {
 			broker = "(embedded, demo only)"
 		}
-		fmt.Fprintf(w, "mqtt: %s, topics %s/%s/{status,plan,events,points}, telemetry every %s\n", broker, c.MQTT.TopicRoot, s.ID, c.MQTT.TelemetryPeriod)
+		if c.MQTT.Format == "sparkplug" {
+			fmt.Fprintf(w, "mqtt: %s, Sparkplug B, edge node %s, telemetry every %s\n", broker, s.ID, c.MQTT.TelemetryPeriod)
+		} else {
+			fmt.Fprintf(w, "mqtt: %s, JSON topics %s/%s/{status,plan,events,points,capacity,ack}, telemetry every %s\n", broker, c.MQTT.TopicRoot, s.ID, c.MQTT.TelemetryPeriod)
+		}
+		if cm := c.Commands; cm != nil {
+			tls := "TLS only"
+			if cm.AllowWithoutTLS {
+				tls = "also without TLS (lab setting)"
+			}
+			fmt.Fprintf(w, "commands: curtailment down to %.0f kW import, at most %s each; %s\n", *cm.MinTargetKW, cm.MaxDuration, tls)
+		} else {
+			fmt.Fprintln(w, "commands: none taken (no [commands] table)")
+		}
 	} else {
 		fmt.Fprintln(w, "mqtt: none (no telemetry upstream)")
 	}

@@ -233,6 +233,10 @@ func (c *Controller) Step(st *State, in *Inputs, now time.Time, out *Plan) {
 	if in.CurtailOK {
 		st.CurtailKW = math.Max(0, in.CurtailTargetKW)
 	}
+	out.CurtailKW = st.CurtailKW
+	if cmd := in.CommandCurtailKW; cmd > 0 && (out.CurtailKW <= 0 || cmd < out.CurtailKW) {
+		out.CurtailKW = cmd
+	}
 	c.stepStages(st, in, now, out)
 
 	// Operated stages cap their groups at once, whatever the budget says.
@@ -438,8 +442,8 @@ func (c *Controller) bindingHeadroom(st *State, in *Inputs, now time.Time, dt ti
 	if !in.Islanded {
 		if in.ImportOK {
 			consider(ConstraintImport, lim.ImportLimitKW, in.ImportKW)
-			if st.CurtailKW > 0 {
-				consider(ConstraintCurtail, st.CurtailKW, in.ImportKW)
+			if out.CurtailKW > 0 {
+				consider(ConstraintCurtail, out.CurtailKW, in.ImportKW)
 			}
 		}
 	} else if in.SiteLoadOK {
@@ -636,7 +640,7 @@ func (c *Controller) finish(st *State, in *Inputs, now time.Time, freeze bool, o
 		mode = ModeIslanded
 	case anyStage:
 		mode = ModeUnderFrequency
-	case st.CurtailKW > 0:
+	case out.CurtailKW > 0:
 		mode = ModeCurtailment
 	case restoring:
 		mode = ModeRestoring

@@ -381,3 +381,20 @@ func TestHoldRestoresKeepsCutsAndStopsRestores(t *testing.T) {
 		t.Fatalf("restores must resume once the hold is lifted: units %d", p.out.Groups[0].UnitsOn)
 	}
 }
+
+func TestCommandedCurtailmentAppliesEvenWithTheCurtailPointUnknown(t *testing.T) {
+	p := newPlant(t, demoLimits())
+	p.run(time.Second)
+	p.in.CurtailOK = false // the site's own curtail point went stale
+	p.in.CommandCurtailKW = 11000
+	p.c.Step(p.st, p.in, p.now, p.out)
+	if p.out.CurtailKW != 11000 || p.out.Binding != ConstraintCurtail {
+		t.Fatalf("commanded target must bind: curtail %g binding %s", p.out.CurtailKW, p.out.Binding)
+	}
+	// The tighter of point and command wins.
+	p.in.CurtailOK, p.in.CurtailTargetKW = true, 9000
+	p.c.Step(p.st, p.in, p.now.Add(cycle), p.out)
+	if p.out.CurtailKW != 9000 {
+		t.Fatalf("tighter point target must win: %g", p.out.CurtailKW)
+	}
+}

@@ -122,6 +122,10 @@ type Inputs struct {
 	// When CurtailOK is false the last good target is kept.
 	CurtailTargetKW float64
 	CurtailOK       bool
+	// CommandCurtailKW: an import target from an accepted central-ops
+	// command; zero or negative: none. The tighter of it and the point's
+	// target applies, whether or not the point is known.
+	CommandCurtailKW float64
 	// HoldRestores: central ops asked the site to hold every restore (cuts
 	// still apply). The controller reports groups held so as ReasonHeld.
 	HoldRestores bool
@@ -369,7 +373,10 @@ type Plan struct {
 	PlannedKW  float64
 	HeadroomKW float64
 	IntegralKW float64
-	Unknown    Unknown
+	// CurtailKW is the curtailment target in force (0: none): the tighter
+	// of the curtail point's last good value and a commanded one.
+	CurtailKW float64
+	Unknown   Unknown
 	// Infeasible: even with every group at its floor the budget is not met.
 	Infeasible bool
 	Groups     []GroupPlan

@@ -96,6 +96,13 @@ func demoSite(ctx context.Context) (*agent.SiteConfig, *sim.Site, *broker.Broker
 	if cfg.MQTT != nil && cfg.MQTT.Broker == "" {
 		cfg.MQTT.Broker = b.URL()
 	}
+	// The demo's state (the MQTT queue, the audit log) goes to a scratch
+	// directory removed at exit, never to a machine's /var/lib/siteagent.
+	if cfg.Site.StateDir, err = os.MkdirTemp("", "siteagent-demo-"); err != nil {
+		site.Close()
+		b.Close()
+		return nil, nil, nil, err
+	}
 	return cfg, site, b, nil
 }
 
@@ -106,6 +113,7 @@ func runDemo(ctx context.Context, sc sim.Scenario, duration time.Duration, asJSO
 	}
 	defer site.Close()
 	defer b.Close()
+	defer os.RemoveAll(cfg.Site.StateDir)
 
 	tl := &timeline{out: out, json: asJSON, limitKW: cfg.Limits.ImportLimitKW}
 	sub, err := tl.subscribe(cfg.MQTT.Broker, cfg.MQTT.TopicRoot+"/"+cfg.Site.ID+"/#")

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	toml "github.com/pelletier/go-toml/v2"
 
 	"github.com/siteagent/siteagent/agent"
 	"github.com/siteagent/siteagent/agent/config"
@@ -29,7 +30,7 @@ const usage = `siteagent: site power controller for mining and AI campuses
 
 usage:
   siteagent run [--config FILE]          run the site controller (default /etc/siteagent/site.toml)
-  siteagent check-config FILE            check a site file; exit 0 with a summary, 1 with every error
+  siteagent check-config FILE            check a site (or node) file; exit 0 with a summary, 1 with every error
   siteagent node [--config FILE] [--check]
                                          run the node role on a GPU server (default /etc/siteagent/node.toml)
   siteagent demo [--scenario NAME] [--duration D] [--json] [--list]
@@ -160,6 +161,10 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: siteagent check-config FILE")
 		return 2
 	}
+	if isNodeFile(args[0]) {
+		// A GPU server's node file: check it as `siteagent node --check` would.
+		return cmdNode([]string{"--check", "--config", args[0]}, stdout, stderr)
+	}
 	cfg, err := agent.LoadFile(args[0])
 	if err != nil {
 		printConfigError(stderr, args[0], err)
@@ -169,8 +174,32 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "siteagent:", err)
 		return 1
 	}
+	if files := cfg.CheckFiles(); len(files) > 0 {
+		// Not problems of the file itself: the service's user may read
+		// what this shell's cannot, and the other way round.
+		fmt.Fprintln(stdout, "files the agent will read (checked as this user):")
+		for _, f := range files {
+			fmt.Fprintln(stdout, f)
+		}
+	}
 	fmt.Fprintf(stdout, "%s: OK\n", args[0])
 	return 0
+}
+
+// isNodeFile tells a node file (a [node] table, no [site]) from a site
+// file, leniently: the strict check comes after.
+func isNodeFile(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	var top map[string]any
+	if toml.Unmarshal(data, &top) != nil {
+		return false
+	}
+	_, node := top["node"]
+	_, site := top["site"]
+	return node && !site
 }
 
 func printConfigError(w io.Writer, file string, err error) {

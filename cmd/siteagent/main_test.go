@@ -191,3 +191,16 @@ func procMemory(t testing.TB, pid int) (rss, peak float64) {
 	}
 	return rss, peak
 }
+
+func TestCheckConfigRecognisesNodeFiles(t *testing.T) {
+	data, err := configs.Files.ReadFile("node.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "node.toml")
+	os.WriteFile(path, data, 0o644)
+	var out, errb bytes.Buffer
+	if code := runMain([]string{"check-config", path}, &out, &errb); code != 0 || !strings.Contains(out.String(), "node ") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+}

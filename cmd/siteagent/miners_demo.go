@@ -152,11 +152,22 @@ func minersDemoSite(ctx context.Context, faulty int) (*agent.SiteConfig, *sim.Si
 	if cfg.MQTT != nil && cfg.MQTT.Broker == "" {
 		cfg.MQTT.Broker = b.URL()
 	}
+	// Scratch state, removed at exit (see demoSite).
+	state, err := os.MkdirTemp("", "siteagent-demo-")
+	if err != nil {
+		cancel()
+		b.Close()
+		site.Close()
+		lux.Close()
+		return nil, nil, nil, nil, nil, err
+	}
+	cfg.Site.StateDir = state
 	closeAll := func() {
 		cancel()
 		b.Close()
 		site.Close()
 		lux.Close()
+		os.RemoveAll(state)
 	}
 	return cfg, site, lux, b, closeAll, nil
 }

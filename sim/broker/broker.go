@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -49,8 +50,24 @@ func (b *Broker) Addr() string { return b.tcp.Address() }
 // URL is the address as a broker URL for the mqtt driver: tcp://host:port.
 func (b *Broker) URL() string { return "tcp://" + b.Addr() }
 
-// Close disconnects every client and stops listening.
-func (b *Broker) Close() error { return b.srv.Close() }
+// closeTimeout bounds Close: mochi v2.7.9's Close can deadlock while a
+// client is mid-disconnect, and a test or demo must never hang on it.
+const closeTimeout = 5 * time.Second
+
+// Close disconnects every client and stops listening. If mochi does not
+// finish within closeTimeout, the listener is closed anyway (the port is
+// free again) and an error says so.
+func (b *Broker) Close() error {
+	done := make(chan error, 1)
+	go func() { done <- b.srv.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(closeTimeout):
+		b.tcp.Close(func(string) {})
+		return errors.New("broker: close timed out; the listener was closed, some client goroutines may linger")
+	}
+}
 
 // openDoor lets every client connect and use every topic. (mochi's own
 // allow-all hook lives in a package that pulls in a YAML library the module
