@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -637,7 +638,6 @@ func (p *parser) array(depth int) (Value, error) {
 func (p *parser) object(depth int) (Value, error) {
 	p.i++ // {
 	v := Value{Kind: Object}
-	seen := map[string]bool{}
 	for {
 		p.ws()
 		if p.i >= len(p.b) {
@@ -666,10 +666,11 @@ func (p *parser) object(depth int) (Value, error) {
 		if err != nil {
 			return Value{}, err
 		}
-		if seen[key] {
+		// A linear scan: replies' objects are small, and a map per object
+		// cost more than the whole parse.
+		if slices.Contains(v.keys, key) {
 			p.repair(fmt.Sprintf("duplicate key %q", key))
 		}
-		seen[key] = true
 		v.keys = append(v.keys, key)
 		v.vals = append(v.vals, val)
 		p.ws()
