@@ -116,33 +116,9 @@ func runDemo(ctx context.Context, sc sim.Scenario, duration time.Duration, asJSO
 	defer os.RemoveAll(cfg.Site.StateDir)
 
 	tl := &timeline{out: out, json: asJSON, limitKW: cfg.Limits.ImportLimitKW}
-	sub, err := tl.subscribe(cfg.MQTT.Broker, cfg.MQTT.TopicRoot+"/"+cfg.Site.ID+"/#")
-	if err != nil {
-		return fmt.Errorf("demo subscriber: %w", err)
-	}
-	defer sub.Disconnect(100)
-
-	ready := make(chan struct{})
-	var once sync.Once
-	a, err := agent.New(cfg, agent.Options{Log: log, Version: version, Notify: func(s string) {
-		if s == "READY=1" {
-			once.Do(func() { close(ready) })
-		}
-	}})
+	a, stop, err := startDemoAgent(ctx, cfg, tl, log)
 	if err != nil {
 		return err
-	}
-	actx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(actx) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		cancel()
-		return fmt.Errorf("agent stopped before it was ready: %v", err)
-	case <-ctx.Done():
-		cancel()
-		return ctx.Err()
 	}
 
 	tl.start = time.Now()
@@ -164,8 +140,7 @@ loop:
 			tl.sample(site.Snapshot())
 		}
 	}
-	cancel()
-	<-done
+	stop()
 	tl.summary(a)
 	return nil
 }
@@ -299,4 +274,44 @@ func (t *timeline) summary(a *agent.Agent) {
 		fmt.Fprintf(t.out, "; islanded, load minus capacity peaked at %+.0f kW", t.peakIsland)
 	}
 	fmt.Fprintln(t.out)
+}
+
+// startDemoAgent subscribes the timeline to the agent's topics, starts the
+// agent on cfg and waits for its READY. stop ends the agent and the
+// subscription and waits for both.
+func startDemoAgent(ctx context.Context, cfg *agent.SiteConfig, tl *timeline, log *slog.Logger) (a *agent.Agent, stop func(), err error) {
+	sub, err := tl.subscribe(cfg.MQTT.Broker, cfg.MQTT.TopicRoot+"/"+cfg.Site.ID+"/#")
+	if err != nil {
+		return nil, nil, fmt.Errorf("demo subscriber: %w", err)
+	}
+	ready := make(chan struct{})
+	var once sync.Once
+	a, err = agent.New(cfg, agent.Options{Log: log, Version: version, Notify: func(s string) {
+		if s == "READY=1" {
+			once.Do(func() { close(ready) })
+		}
+	}})
+	if err != nil {
+		sub.Disconnect(100)
+		return nil, nil, err
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(actx) }()
+	stop = func() {
+		cancel()
+		<-done
+		sub.Disconnect(100)
+	}
+	select {
+	case <-ready:
+		return a, stop, nil
+	case err := <-done:
+		cancel()
+		sub.Disconnect(100)
+		return nil, nil, fmt.Errorf("agent stopped before it was ready: %v", err)
+	case <-ctx.Done():
+		stop()
+		return nil, nil, ctx.Err()
+	}
 }

@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"sort"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -180,37 +179,13 @@ func runMinersDemo(ctx context.Context, sc sim.Scenario, duration time.Duration,
 	defer closeAll()
 
 	tl := &timeline{out: out, json: asJSON, limitKW: cfg.Limits.ImportLimitKW}
-	sub, err := tl.subscribe(cfg.MQTT.Broker, cfg.MQTT.TopicRoot+"/"+cfg.Site.ID+"/#")
-	if err != nil {
-		return fmt.Errorf("demo subscriber: %w", err)
-	}
-	defer sub.Disconnect(100)
-
-	ready := make(chan struct{})
-	var once sync.Once
-	a, err := agent.New(cfg, agent.Options{Log: log, Version: version, Notify: func(s string) {
-		if s == "READY=1" {
-			once.Do(func() { close(ready) })
-		}
-	}})
+	a, stop, err := startDemoAgent(ctx, cfg, tl, log)
 	if err != nil {
 		return err
 	}
-	actx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(actx) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		cancel()
-		return fmt.Errorf("agent stopped before it was ready: %v", err)
-	case <-ctx.Done():
-		cancel()
-		return ctx.Err()
-	}
 	fleet := a.MinerFleets()["asic"]
 	if fleet == nil {
-		cancel()
+		stop()
 		return fmt.Errorf("the demo site has no miner fleet named asic")
 	}
 
@@ -245,8 +220,7 @@ loop:
 		}
 	}
 	status := fleet.Status()
-	cancel()
-	<-done
+	stop()
 	tl.summary(a)
 	minersSummary(out, asJSON, status, lux)
 	return nil
