@@ -165,6 +165,11 @@ func (c *Client) Exchange(ctx context.Context, addr string, request []byte) ([]b
 		buf = buf[:len(buf)+n]
 		if i := bytes.IndexByte(chunk, 0); i >= 0 {
 			// The NUL ends the reply; anything after it is left unread.
+			// The exchange is complete, so the close may reset the
+			// connection: no TIME_WAIT socket is left behind, which at
+			// thousands of miners polled every few seconds would pile up
+			// to tens of thousands of them.
+			abortOnClose(conn)
 			return buf[:len(buf)-n+i], nil
 		}
 		if errors.Is(err, io.EOF) {
@@ -182,6 +187,12 @@ func (c *Client) Exchange(ctx context.Context, addr string, request []byte) ([]b
 			}
 			return nil, fmt.Errorf("%w: %v", miner.ErrUnreachable, netReason(err))
 		}
+	}
+}
+
+func abortOnClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
 	}
 }
 
