@@ -130,10 +130,14 @@ func (k *counter) total() int {
 
 // publisher publishes numbered messages every period until stopped.
 type publisher struct {
-	c      *Client
-	topic  string
-	next   atomic.Int64
-	paused atomic.Bool
+	c     *Client
+	topic string
+	next  atomic.Int64
+	// mu makes pausing synchronous: once setPaused(true) returns, the
+	// ticker goroutine publishes nothing more, not even a tick it had
+	// already started.
+	mu     sync.Mutex
+	paused bool
 	stop   chan struct{}
 	done   chan struct{}
 }
@@ -150,13 +154,21 @@ func startPublisher(t *testing.T, c *Client, period time.Duration) *publisher {
 			case <-p.stop:
 				return
 			case <-t.C:
-				if !p.paused.Load() {
+				p.mu.Lock()
+				if !p.paused {
 					p.publish()
 				}
+				p.mu.Unlock()
 			}
 		}
 	}()
 	return p
+}
+
+func (p *publisher) setPaused(v bool) {
+	p.mu.Lock()
+	p.paused = v
+	p.mu.Unlock()
 }
 
 func (p *publisher) publish() int {
@@ -236,7 +248,7 @@ func TestBrokerOutageAboveQueueBound(t *testing.T) {
 	waitUntil(t, "messages flowing", func() bool { return k.total() >= 20 })
 	// Start the outage with nothing in flight, so that every drop is a
 	// message the broker never saw.
-	p.paused.Store(true)
+	p.setPaused(true)
 	waitUntil(t, "queue empty", func() bool { return c.Stats().Queued == 0 })
 	before := c.Stats().Dropped
 	m.Stop()
@@ -251,7 +263,7 @@ func TestBrokerOutageAboveQueueBound(t *testing.T) {
 	// Live data resumes with the session (while the client is still
 	// reconnecting, new messages would push more old ones out).
 	waitUntil(t, "session", func() bool { return c.Stats().Session })
-	p.paused.Store(false)
+	p.setPaused(false)
 	end := first + outageMsgs + 20
 	waitUntil(t, "the rest", func() bool { return k.has(first+outageMsgs-bound, end) })
 	last := p.finish()
