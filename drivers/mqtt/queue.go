@@ -249,12 +249,16 @@ type cursor struct {
 
 // spool is one FIFO of records.
 type spool struct {
-	id        uint64
-	dir       string
-	segs      []*segment
-	head      cursor // first record not confirmed or dropped
-	read      cursor // next record to hand to the sender
-	end       uint64 // seq after the last record (when segs is empty: the first to come)
+	id   uint64
+	dir  string
+	segs []*segment
+	head cursor // first record not confirmed or dropped
+	read cursor // next record to hand to the sender
+	end  uint64 // seq after the last record (when segs is empty: the first to come)
+	// unsure counts the records just before head that were dropped to
+	// make room while they were in flight: the broker may still confirm
+	// them. A confirmation counts them delivered; a rewind, dropped.
+	unsure    uint64
 	headDirty bool
 	headFile  *os.File
 }
@@ -588,14 +592,20 @@ func (q *Queue) dropOldest() int {
 		}
 		sp.settle(&sp.head)
 		before := sp.head.seq
+		inFlight := sp.head.seq < sp.read.seq
 		if n, ok := sp.head.seg.recordSize(sp.head.off); ok {
 			sp.head.off += n
 			sp.head.seq++
 		} else {
 			q.stats.Corrupt += sp.skipSegment(&sp.head)
+			inFlight = false
 		}
 		gone := sp.head.seq - before
-		q.stats.Dropped += gone
+		if inFlight {
+			sp.unsure += gone // decided by the confirmation or the rewind
+		} else {
+			q.stats.Dropped += gone
+		}
 		q.afterHeadMoved(sp)
 		return int(gone)
 	}
@@ -615,7 +625,7 @@ func (q *Queue) afterHeadMoved(sp *spool) {
 		sp.segs = sp.segs[1:]
 	}
 	q.recount()
-	if sp != q.live() && sp.waiting() == 0 {
+	if sp != q.live() && sp.waiting() == 0 && sp.unsure == 0 {
 		q.removeSpool(sp)
 		for i, x := range q.spools {
 			if x == sp {
@@ -641,6 +651,7 @@ func (q *Queue) Rotate() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, sp := range q.spools {
+		q.settleUnsure(sp)
 		sp.read = sp.head
 	}
 	if q.live().waiting() == 0 {
@@ -654,8 +665,16 @@ func (q *Queue) Rewind() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, sp := range q.spools {
+		q.settleUnsure(sp)
 		sp.read = sp.head
 	}
+}
+
+// settleUnsure counts the records dropped while in flight as dropped: no
+// confirmation will come for them any more.
+func (q *Queue) settleUnsure(sp *spool) {
+	q.stats.Dropped += sp.unsure
+	sp.unsure = 0
 }
 
 // batch is what the sender takes from the queue in one go.
@@ -758,8 +777,26 @@ func (q *Queue) Confirm(b *batch) {
 	defer q.mu.Unlock()
 	for _, e := range b.ends {
 		sp := e.sp
-		if e.at.seq <= sp.head.seq || !q.has(sp) {
-			continue // dropped meanwhile
+		if !q.has(sp) {
+			continue
+		}
+		// Records dropped while in flight that this batch covered were
+		// delivered after all.
+		if sp.unsure > 0 {
+			first := sp.head.seq - sp.unsure
+			if e.at.seq > first {
+				got := min(e.at.seq-first, sp.unsure)
+				sp.unsure -= got
+				q.stats.Confirmed += got
+				if e.old {
+					q.stats.Replayed += got
+				}
+			}
+		}
+		if e.at.seq <= sp.head.seq {
+			// The rest was dropped meanwhile; an emptied spool may go.
+			q.afterHeadMoved(sp)
+			continue
 		}
 		n := e.at.seq - sp.head.seq
 		sp.head = e.at
@@ -781,7 +818,11 @@ func (q *Queue) Discard(b *batch) {
 	defer q.mu.Unlock()
 	for _, e := range b.ends {
 		sp := e.sp
-		if e.at.seq <= sp.head.seq || !q.has(sp) {
+		if !q.has(sp) {
+			continue
+		}
+		q.settleUnsure(sp)
+		if e.at.seq <= sp.head.seq {
 			continue
 		}
 		q.stats.Dropped += e.at.seq - sp.head.seq

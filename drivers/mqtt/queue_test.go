@@ -338,3 +338,39 @@ func TestQueueDiscardsExpired(t *testing.T) {
 		}
 	})
 }
+
+// Records pushed out of a full queue while they are in flight are not
+// counted as dropped until it is known: the broker's confirmation makes
+// them delivered, a rewind (the connection died) makes them dropped.
+func TestQueueDropsInFlightOnlyWhenNotConfirmed(t *testing.T) {
+	for _, confirm := range []bool{true, false} {
+		forEachStore(t, func(t *testing.T, dir string) {
+			q := openQ(t, dir, 10, 1<<20)
+			defer q.Close()
+			push(t, q, 0, 10)
+			var b batch
+			if l, _ := q.Take(&b, 5, 0, 1<<20); l != 5 {
+				t.Fatalf("took %d", l)
+			}
+			push(t, q, 10, 13) // pushes out records 0..2, in flight
+			if s := q.Stats(); s.Dropped != 0 || s.Waiting != 10 {
+				t.Fatalf("in flight, not yet dropped: %+v", s)
+			}
+			if confirm {
+				q.Confirm(&b)
+				if s := q.Stats(); s.Dropped != 0 || s.Confirmed != 5 || s.Waiting != 8 {
+					t.Fatalf("confirmed: %+v", s)
+				}
+				got, _ := drain(t, q)
+				wantRange(t, got, 5, 13)
+			} else {
+				q.Rewind()
+				if s := q.Stats(); s.Dropped != 3 || s.Confirmed != 0 {
+					t.Fatalf("rewound: %+v", s)
+				}
+				got, _ := drain(t, q)
+				wantRange(t, got, 3, 13)
+			}
+		})
+	}
+}
