@@ -70,6 +70,10 @@ type Agent struct {
 	cycles    atomic.Uint64
 	started   time.Time
 
+	// basis: per group, the miner fleet's measured, firmware-estimated
+	// and rated-estimated power points (nil for other groups).
+	basis [][]point.ID
+
 	lastMu   sync.Mutex
 	lastPlan PlanReport // for /status
 	ready    atomic.Bool
@@ -135,8 +139,10 @@ func New(cfg *SiteConfig, opt Options) (*Agent, error) {
 		m.Battery = append(m.Battery, src(n))
 	}
 	var targets []DispatchTarget
+	a.basis = make([][]point.ID, len(cfg.Groups))
 	for i, g := range cfg.Groups {
 		m.Groups = append(m.Groups, src(g.PowerKW))
+		a.basis[i] = a.minerBasis(&g)
 		act, err := buildActuator(&cfg.Groups[i], a.lim.Groups[i].Kind, built)
 		if err != nil {
 			return nil, fmt.Errorf("group %s: %w", g.Name, err)

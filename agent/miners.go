@@ -199,3 +199,20 @@ func minerSummary(g *GroupSection) string {
 	}
 	return fmt.Sprintf("miners: %s; %s first; wakes at most %g/s", strings.Join(parts, ", "), g.Miners.ShedOrder, g.Miners.WakePerS)
 }
+
+// minerBasis finds a miners group's power-by-basis points, in the order
+// of PowerBasis; nil for other groups.
+func (a *Agent) minerBasis(g *GroupSection) []point.ID {
+	if g.Miners == nil {
+		return nil
+	}
+	var ids []point.ID
+	for _, n := range []string{"power_measured_kw", "power_firmware_estimated_kw", "power_rated_estimated_kw"} {
+		id, ok := a.store.Lookup(g.Miners.Source + "." + n)
+		if !ok {
+			return nil
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}

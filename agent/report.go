@@ -51,8 +51,20 @@ type GroupReport struct {
 	CapKW      float64  `json:"cap_kw"`
 	CeilingKW  float64  `json:"ceiling_kw"`
 	MeasuredKW *float64 `json:"measured_kw"`
-	Reason     string   `json:"reason"`
-	Why        string   `json:"why"`
+	// PowerBasis: for a miners group, how measured_kw was arrived at.
+	PowerBasis *PowerBasis `json:"power_basis,omitempty"`
+	Reason     string      `json:"reason"`
+	Why        string      `json:"why"`
+}
+
+// PowerBasis splits a miners group's power by how it is known: measured
+// by the miners' PSUs, estimated by their firmware, or estimated by the
+// agent from each miner's rating and state (no reading, no fresh poll, or
+// a command since the last one). Null where the fleet's point is bad.
+type PowerBasis struct {
+	MeasuredKW          *float64 `json:"measured_kw"`
+	FirmwareEstimatedKW *float64 `json:"firmware_estimated_kw"`
+	RatedEstimatedKW    *float64 `json:"rated_estimated_kw"`
 }
 
 // StageReport is one under-frequency stage's phase.
@@ -117,6 +129,16 @@ func round(v float64) float64 {
 	return 0
 }
 
+// pointKW is a point's value for a report, null unless it has a value
+// whose quality is not bad.
+func (a *Agent) pointKW(id point.ID) *float64 {
+	p := a.store.Get(id)
+	if p.Source == 0 || p.Quality == point.Bad {
+		return nil
+	}
+	return kw(p.Value)
+}
+
 func (a *Agent) planReport(r *Record) PlanReport {
 	p, in := &r.Plan, &r.Inputs
 	rep := PlanReport{
@@ -153,6 +175,9 @@ func (a *Agent) planReport(r *Record) PlanReport {
 		}
 		if in.Groups[g].MeasuredOK {
 			gr.MeasuredKW = kw(in.Groups[g].MeasuredKW)
+		}
+		if b := a.basis[g]; b != nil {
+			gr.PowerBasis = &PowerBasis{MeasuredKW: a.pointKW(b[0]), FirmwareEstimatedKW: a.pointKW(b[1]), RatedEstimatedKW: a.pointKW(b[2])}
 		}
 		rep.Groups = append(rep.Groups, gr)
 	}

@@ -220,9 +220,15 @@ loop:
 		}
 	}
 	status := fleet.Status()
+	var basis *agent.PowerBasis // the last plan's account of the group's power
+	for _, g := range a.StatusNow().Plan.Groups {
+		if g.Name == "asic" {
+			basis = g.PowerBasis
+		}
+	}
 	stop()
 	tl.summary(a)
-	minersSummary(out, asJSON, status, lux)
+	minersSummary(out, asJSON, status, basis, lux)
 	return nil
 }
 
@@ -241,9 +247,9 @@ func lastAddr(lux *miners.LuxOSFleet) string {
 // minersSummary prints what the fleet saw: miners by state, how the
 // group's power was arrived at, and the misbehaving miners, each with its
 // address and last error.
-func minersSummary(out io.Writer, asJSON bool, st miner.Status, lux *miners.LuxOSFleet) {
+func minersSummary(out io.Writer, asJSON bool, st miner.Status, basis *agent.PowerBasis, lux *miners.LuxOSFleet) {
 	if asJSON {
-		b, _ := json.Marshal(map[string]any{"type": "miners", "counts": st.Counts, "power": st.Power, "problems": st.Problems,
+		b, _ := json.Marshal(map[string]any{"type": "miners", "counts": st.Counts, "power": st.Power, "plan_power_basis": basis, "problems": st.Problems,
 			"curtail_commands": lux.CommandCount("curtail"), "logons": lux.CommandCount("logon")})
 		fmt.Fprintln(out, string(b))
 		return

@@ -37,6 +37,10 @@ func TestMinersDemoShedsOverTheAPI(t *testing.T) {
 			TotalW   float64 `json:"total_w"`
 			Measured int     `json:"measured"`
 		} `json:"power"`
+		PlanBasis *struct {
+			Measured *float64 `json:"measured_kw"`
+			Rated    *float64 `json:"rated_estimated_kw"`
+		} `json:"plan_power_basis"`
 		Problems []struct {
 			Host      string `json:"host"`
 			State     string `json:"state"`
@@ -71,6 +75,12 @@ func TestMinersDemoShedsOverTheAPI(t *testing.T) {
 	}
 	if summary.CurtailCommands < 1900 || summary.Counts["sleeping"] < 1900 {
 		t.Fatalf("summary %+v", summary)
+	}
+	// The plan says how the group's power is known: the simulated LuxOS
+	// PSUs measure it, and the misbehaving miners are estimated from
+	// their ratings.
+	if b := summary.PlanBasis; b == nil || b.Measured == nil || *b.Measured <= 0 || b.Rated == nil || *b.Rated <= 0 {
+		t.Fatalf("the plan's power basis for asic: %+v", summary.PlanBasis)
 	}
 	if len(summary.Problems) == 0 {
 		t.Fatal("the misbehaving miners were not reported")
