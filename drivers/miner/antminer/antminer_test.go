@@ -12,6 +12,7 @@ import (
 
 	"github.com/siteagent/siteagent/drivers/miner"
 	"github.com/siteagent/siteagent/drivers/miner/antminer"
+	"github.com/siteagent/siteagent/drivers/miner/minertest"
 	"github.com/siteagent/siteagent/sim/miners"
 )
 
@@ -37,27 +38,11 @@ func startFleet(t *testing.T, cfg miners.AntminerConfig) *miners.AntminerFleet {
 	return f
 }
 
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return c
-}
-
-func eventually(t *testing.T, d *antminer.Driver, m miner.Miner, what string, cond func(miner.Telemetry) bool) miner.Telemetry {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	var last miner.Telemetry
-	var err error
-	for time.Now().Before(deadline) {
-		last, err = d.Poll(ctx(t), m)
-		if err == nil && cond(last) {
-			return last
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("%s: never happened; last poll %+v, %v", what, last, err)
-	return last
-}
+// ctx and eventually: the families' shared test helpers.
+var (
+	ctx        = minertest.Ctx
+	eventually = minertest.PollUntil
+)
 
 func TestSleepWake(t *testing.T) {
 	f := startFleet(t, miners.AntminerConfig{})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/siteagent/siteagent/drivers/miner"
+	"github.com/siteagent/siteagent/drivers/miner/minertest"
 	"github.com/siteagent/siteagent/drivers/miner/whatsminer"
 	"github.com/siteagent/siteagent/sim/miners"
 )
@@ -59,28 +60,11 @@ func closedPort() int {
 	return p
 }
 
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return c
-}
-
-// eventually polls the miner through the driver until cond holds.
-func eventually(t *testing.T, d *whatsminer.Driver, m miner.Miner, what string, cond func(miner.Telemetry) bool) miner.Telemetry {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	var last miner.Telemetry
-	var err error
-	for time.Now().Before(deadline) {
-		last, err = d.Poll(ctx(t), m)
-		if err == nil && cond(last) {
-			return last
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("%s: never happened; last poll %+v, %v", what, last, err)
-	return last
-}
+// ctx and eventually: the families' shared test helpers.
+var (
+	ctx        = minertest.Ctx
+	eventually = minertest.PollUntil
+)
 
 func TestSleepWakePowerTargetV3(t *testing.T) {
 	f := startFleet(t, miners.WhatsminerConfig{})
