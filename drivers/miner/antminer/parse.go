@@ -1,13 +1,14 @@
 package antminer
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/siteagent/siteagent/drivers/miner"
 )
 
 // Parsers of the CGI replies. Each returns a value or an error, never a
@@ -37,7 +38,7 @@ var keptFields = [][2]string{
 
 func parseConf(b []byte) (conf, error) {
 	var raw map[string]json.RawMessage
-	if err := strictJSON(b, &raw); err != nil {
+	if err := miner.DecodeReply(b, &raw); err != nil {
 		return conf{}, err
 	}
 	mv, ok := raw["bitmain-work-mode"]
@@ -84,7 +85,7 @@ func parseSetReply(b []byte) (refused bool, err error) {
 		Code  string `json:"code"`
 		Msg   string `json:"msg"`
 	}
-	if err := strictJSON(b, &r); err != nil {
+	if err := miner.DecodeReply(b, &r); err != nil {
 		return false, err
 	}
 	if r.Stats == "" && r.Code == "" {
@@ -109,7 +110,7 @@ func parseStats(b []byte) (stats, error) {
 	var doc struct {
 		Stats []map[string]json.RawMessage `json:"STATS"`
 	}
-	if err := strictJSON(b, &doc); err != nil {
+	if err := miner.DecodeReply(b, &doc); err != nil {
 		return stats{}, err
 	}
 	var row map[string]json.RawMessage
@@ -123,7 +124,7 @@ func parseStats(b []byte) (stats, error) {
 		return stats{}, errors.New(`no "STATS" row with "rate_5s"`)
 	}
 	var s stats
-	rate, err := floatValue(row["rate_5s"], "rate_5s")
+	rate, err := miner.ReplyNumber(row["rate_5s"], "rate_5s")
 	if err != nil {
 		return stats{}, err
 	}
@@ -162,7 +163,7 @@ func parseStats(b []byte) (stats, error) {
 				return stats{}, fmt.Errorf("%s is not a list", k)
 			}
 			for _, tr := range ts {
-				t, err := floatValue(tr, k)
+				t, err := miner.ReplyNumber(tr, k)
 				if err != nil {
 					return stats{}, err
 				}
@@ -179,44 +180,9 @@ func parseStats(b []byte) (stats, error) {
 	return s, nil
 }
 
-// strictJSON decodes exactly one JSON value; trailing whitespace or a NUL is
-// allowed, anything else after it is not.
-func strictJSON(b []byte, v any) error {
-	b = bytes.TrimRight(b, "\x00\r\n\t ")
-	if len(b) == 0 {
-		return errors.New("empty reply")
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("not JSON: %w", err)
-	}
-	if dec.More() {
-		return errors.New("not JSON: data after the reply")
-	}
-	return nil
-}
-
-// floatValue reads a number, or a number in a string as the CGIs often
-// write them. NaN and infinities are errors.
-func floatValue(raw json.RawMessage, name string) (float64, error) {
-	s := strings.TrimSpace(string(raw))
-	if len(s) >= 2 && s[0] == '"' {
-		var q string
-		if err := json.Unmarshal(raw, &q); err != nil {
-			return 0, fmt.Errorf("%s: %w", name, err)
-		}
-		s = strings.TrimSpace(q)
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("%s: %.40q is not a number", name, s)
-	}
-	return f, nil
-}
-
 // intValue reads a work mode: 0, 1, 2 or 3, as a number or a string.
 func intValue(raw json.RawMessage, name string) (int, error) {
-	f, err := floatValue(raw, name)
+	f, err := miner.ReplyNumber(raw, name)
 	if err != nil {
 		return 0, err
 	}

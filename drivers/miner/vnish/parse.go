@@ -1,13 +1,14 @@
 package vnish
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/siteagent/siteagent/drivers/miner"
 )
 
 // Parsers of Vnish's JSON replies: a value or an error, never a guess.
@@ -18,7 +19,7 @@ func parseUnlock(b []byte) (string, error) {
 	var r struct {
 		Token string `json:"token"`
 	}
-	if err := strictJSON(b, &r); err != nil {
+	if err := miner.DecodeReply(b, &r); err != nil {
 		return "", err
 	}
 	if r.Token == "" || len(r.Token) > 512 || strings.ContainsAny(r.Token, " \t\r\n\"") {
@@ -32,7 +33,7 @@ func parseErr(b []byte) string {
 	var r struct {
 		Err string `json:"err"`
 	}
-	if strictJSON(b, &r) != nil {
+	if miner.DecodeReply(b, &r) != nil {
 		return ""
 	}
 	return r.Err
@@ -63,7 +64,7 @@ func parseSummary(b []byte) (summary, error) {
 			} `json:"chip_temp"`
 		} `json:"miner"`
 	}
-	if err := strictJSON(b, &doc); err != nil {
+	if err := miner.DecodeReply(b, &doc); err != nil {
 		return summary{}, err
 	}
 	if doc.Miner == nil || doc.Miner.Status == nil || doc.Miner.Status.State == "" {
@@ -95,7 +96,7 @@ func parseSummary(b []byte) (summary, error) {
 		s.hasPower = true
 	}
 	if m.ChipTemp != nil && m.ChipTemp.Max != nil {
-		t, err := number(m.ChipTemp.Max, "chip_temp.max")
+		t, err := miner.ReplyNumber(m.ChipTemp.Max, "chip_temp.max")
 		if err != nil {
 			return summary{}, err
 		}
@@ -112,7 +113,7 @@ func parseState(b []byte) (string, error) {
 	var r struct {
 		State string `json:"miner_state"`
 	}
-	if err := strictJSON(b, &r); err != nil {
+	if err := miner.DecodeReply(b, &r); err != nil {
 		return "", err
 	}
 	if r.State == "" {
@@ -135,11 +136,11 @@ type preset struct {
 // {"presets":[…]}, is read too.
 func parsePresets(b []byte) ([]preset, error) {
 	var list []json.RawMessage
-	if err := strictJSON(b, &list); err != nil {
+	if err := miner.DecodeReply(b, &list); err != nil {
 		var obj struct {
 			Presets []json.RawMessage `json:"presets"`
 		}
-		if err2 := strictJSON(b, &obj); err2 != nil || obj.Presets == nil {
+		if err2 := miner.DecodeReply(b, &obj); err2 != nil || obj.Presets == nil {
 			return nil, err
 		}
 		list = obj.Presets
@@ -191,7 +192,7 @@ func parseSettingsPreset(b []byte) (string, error) {
 			} `json:"overclock"`
 		} `json:"miner"`
 	}
-	if err := strictJSON(b, &doc); err != nil {
+	if err := miner.DecodeReply(b, &doc); err != nil {
 		return "", err
 	}
 	if doc.Miner == nil || doc.Miner.Overclock == nil || doc.Miner.Overclock.Preset == nil {
@@ -202,7 +203,7 @@ func parseSettingsPreset(b []byte) (string, error) {
 	if json.Unmarshal(raw, &s) == nil {
 		return s, nil
 	}
-	if _, err := number(raw, "preset"); err == nil {
+	if _, err := miner.ReplyNumber(raw, "preset"); err == nil {
 		return strings.TrimSpace(string(raw)), nil
 	}
 	return "", fmt.Errorf("preset %.30s is neither a name nor a number", raw)
@@ -216,7 +217,7 @@ func parseSettingsReply(b []byte) (restart, reboot bool, err error) {
 		Reboot  *bool  `json:"reboot_required"`
 		Err     string `json:"err"`
 	}
-	if err := strictJSON(b, &r); err != nil {
+	if err := miner.DecodeReply(b, &r); err != nil {
 		return false, false, err
 	}
 	if r.Err != "" {
@@ -228,39 +229,8 @@ func parseSettingsReply(b []byte) (restart, reboot bool, err error) {
 	return r.Restart != nil && *r.Restart, r.Reboot != nil && *r.Reboot, nil
 }
 
-func strictJSON(b []byte, v any) error {
-	b = bytes.TrimRight(b, "\x00\r\n\t ")
-	if len(b) == 0 {
-		return errors.New("empty reply")
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("not JSON: %w", err)
-	}
-	if dec.More() {
-		return errors.New("not JSON: data after the reply")
-	}
-	return nil
-}
-
-func number(raw json.RawMessage, name string) (float64, error) {
-	s := strings.TrimSpace(string(raw))
-	if len(s) >= 2 && s[0] == '"' {
-		var q string
-		if err := json.Unmarshal(raw, &q); err != nil {
-			return 0, fmt.Errorf("%s: %w", name, err)
-		}
-		s = strings.TrimSpace(q)
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("%s: %.40q is not a number", name, s)
-	}
-	return f, nil
-}
-
 func nonNegative(raw json.RawMessage, name string) (float64, error) {
-	f, err := number(raw, name)
+	f, err := miner.ReplyNumber(raw, name)
 	if err != nil {
 		return 0, err
 	}

@@ -1,13 +1,13 @@
 package whatsminer
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
+
+	"github.com/siteagent/siteagent/drivers/miner"
 )
 
 // Every parser here takes bytes from the network and returns a value or an
@@ -29,7 +29,7 @@ func parseV3Reply(body []byte) (v3Reply, error) {
 		Msg  json.RawMessage `json:"msg"`
 		Desc string          `json:"desc"`
 	}
-	if err := strictJSON(body, &raw); err != nil {
+	if err := miner.DecodeReply(body, &raw); err != nil {
 		return v3Reply{}, err
 	}
 	if raw.Code == nil {
@@ -59,7 +59,7 @@ func parseV3Salt(msg json.RawMessage) (string, error) {
 	var m struct {
 		Salt string `json:"salt"`
 	}
-	if err := strictJSON(msg, &m); err != nil {
+	if err := miner.DecodeReply(msg, &m); err != nil {
 		return "", fmt.Errorf("get.device.info salt: %w", err)
 	}
 	if m.Salt == "" || len(m.Salt) > 64 {
@@ -76,7 +76,7 @@ func parseV3Working(msg json.RawMessage) (bool, error) {
 			Working json.RawMessage `json:"working"`
 		} `json:"miner"`
 	}
-	if err := strictJSON(msg, &m); err != nil {
+	if err := miner.DecodeReply(msg, &m); err != nil {
 		return false, fmt.Errorf("get.device.info miner: %w", err)
 	}
 	if m.Miner == nil || m.Miner.Working == nil {
@@ -100,7 +100,7 @@ func parseV3Summary(msg json.RawMessage) (v3Summary, error) {
 	var m struct {
 		Summary map[string]json.RawMessage `json:"summary"`
 	}
-	if err := strictJSON(msg, &m); err != nil {
+	if err := miner.DecodeReply(msg, &m); err != nil {
 		return v3Summary{}, fmt.Errorf("get.miner.status summary: %w", err)
 	}
 	if m.Summary == nil {
@@ -138,7 +138,7 @@ type v2Reply struct {
 
 func parseV2Reply(body []byte) (v2Reply, error) {
 	var raw map[string]json.RawMessage
-	if err := strictJSON(body, &raw); err != nil {
+	if err := miner.DecodeReply(body, &raw); err != nil {
 		return v2Reply{}, err
 	}
 	st, ok := raw["STATUS"]
@@ -150,7 +150,7 @@ func parseV2Reply(body []byte) (v2Reply, error) {
 	if json.Unmarshal(st, &s) == nil {
 		r.OK = s == "S"
 		if c, ok := raw["Code"]; ok {
-			f, err := number(c, "Code")
+			f, err := miner.ReplyNumber(c, "Code")
 			if err != nil {
 				return v2Reply{}, err
 			}
@@ -169,7 +169,7 @@ func parseV2Reply(body []byte) (v2Reply, error) {
 	r.OK = arr[0].Status == "S"
 	r.Msg = arr[0].Msg
 	if arr[0].Code != nil {
-		f, err := number(arr[0].Code, "Code")
+		f, err := miner.ReplyNumber(arr[0].Code, "Code")
 		if err != nil {
 			return v2Reply{}, err
 		}
@@ -194,7 +194,7 @@ func parseV2Token(body []byte) (v2Token, error) {
 		Salt    string          `json:"salt"`
 		NewSalt string          `json:"newsalt"`
 	}
-	if err := strictJSON(r.Msg, &m); err != nil {
+	if err := miner.DecodeReply(r.Msg, &m); err != nil {
 		return v2Token{}, garbled("get_token Msg", err)
 	}
 	t := strings.Trim(string(m.Time), `"`)
@@ -313,7 +313,7 @@ func parseV2Status(body []byte) (off bool, err error) {
 // token and decryption errors in clear text).
 func parseV2Command(body []byte, decrypt func(string) ([]byte, error)) (v2Reply, error) {
 	var env map[string]json.RawMessage
-	if err := strictJSON(body, &env); err != nil {
+	if err := miner.DecodeReply(body, &env); err != nil {
 		return v2Reply{}, err
 	}
 	if enc, ok := env["enc"]; ok {
@@ -334,49 +334,13 @@ func parseV2Command(body []byte, decrypt func(string) ([]byte, error)) (v2Reply,
 	return parseV2Reply(body)
 }
 
-// strictJSON decodes exactly one JSON value. btminer sometimes ends a reply
-// with a NUL or a newline; those are allowed, anything else after it is not.
-func strictJSON(b []byte, v any) error {
-	b = bytes.TrimRight(b, "\x00\r\n\t ")
-	if len(b) == 0 {
-		return errors.New("empty reply")
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("not JSON: %w", err)
-	}
-	if dec.More() {
-		return errors.New("not JSON: data after the reply")
-	}
-	return nil
-}
-
-// number reads a JSON number, or a number quoted as a string, which btminer
-// does for some fields. NaN, infinities and the unparseable are errors.
-func number(raw json.RawMessage, name string) (float64, error) {
-	s := strings.TrimSpace(string(raw))
-	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
-		var q string
-		if err := json.Unmarshal(raw, &q); err != nil {
-			return 0, fmt.Errorf("%s: %w", name, err)
-		}
-		s = strings.TrimSpace(q)
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("%s: %.40q is not a number", name, s)
-	}
-	return f, nil
-}
-
 // field reads an optional non-negative number: (value, present, error).
 func field(m map[string]json.RawMessage, k string) (float64, bool, error) {
 	raw, ok := m[k]
 	if !ok || string(raw) == "null" {
 		return 0, false, nil
 	}
-	f, err := number(raw, k)
+	f, err := miner.ReplyNumber(raw, k)
 	if err != nil {
 		return 0, false, err
 	}
@@ -393,7 +357,7 @@ func temperature(m map[string]json.RawMessage, k string) (float64, bool, error) 
 	if !ok || string(raw) == "null" {
 		return 0, false, nil
 	}
-	f, err := number(raw, k)
+	f, err := miner.ReplyNumber(raw, k)
 	if err != nil {
 		return 0, false, err
 	}
